@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv with the CPU build of torch, triton (for the CPU interpreter tests), llm4sbr
+# with its llm/bench/dev extras, and the MovieLens-100k files that ship inside the recbole
+# wheel (installed, never committed: its licence forbids redistribution).
+# On a CUDA machine, install your CUDA torch first and set TORCH_SPEC="torch" to keep it.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+TRITON_SPEC="${TRITON_SPEC:-triton==3.7.1}"
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off)
+"${PIP[@]}" -q --upgrade pip
+"${PIP[@]}" -q "$TORCH_SPEC" "$TRITON_SPEC"
+"${PIP[@]}" -q -e ".[triton,llm,bench,dev]"
+"${PIP[@]}" -q --no-deps recbole==1.2.1
+.venv/bin/python -c "import llm4sbr, llm4sbr.kernels, torch; print('llm4sbr', llm4sbr.__version__, 'torch', torch.__version__)"

@@ -1,0 +1,5 @@
+import sys
+
+from llm4sbr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,135 @@
+"""The ``llm4sbr`` command: a thin layer over the Python API.
+
+    llm4sbr train --model srgnn --data ml-100k          train + validate + test one model
+    llm4sbr evaluate --checkpoint runs/x/best.pt        re-evaluate a checkpoint
+    llm4sbr infer-intents --data ml-100k --out DIR      stage 1: LLM intents -> intents.npy
+    llm4sbr run --data ml-100k                          stage 1 + SRGNN + LLM4SBR + comparison table
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llm4sbr.config import TrainConfig, from_dict, load_yaml
+
+METRIC_COLUMNS = ("hit@5", "hit@10", "hit@20", "mrr@5", "mrr@10", "mrr@20", "ndcg@10", "ndcg@20")
+
+
+def _flag_type(annotation: Any):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    kind = args[0]
+    if kind is bool:
+        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[s.lower()]
+    return kind
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per dataclass field (default: unset, so YAML values and defaults apply)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (also settable in --config YAML)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_flag_type(hints[f.name]),
+            default=argparse.SUPPRESS,
+            help=f"default: {f.default!r}",
+        )
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    if getattr(args, "config", None):
+        return load_yaml(cls, args.config, overrides)
+    return from_dict(cls, overrides)
+
+
+def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
+    """Markdown table of metrics in percent, one row per model."""
+    head = "| model | " + " | ".join(columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    body = [f"| {name} | " + " | ".join(f"{100 * m[c]:.2f}" for c in columns) + " |" for name, m in rows.items()]
+    return "\n".join([head, rule, *body])
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from llm4sbr.train import train
+
+    config = config_from_args(TrainConfig, args)
+    out = Path(args.out or f"runs/{config.model}-{Path(config.data).name}-seed{config.seed}")
+    result = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"best epoch {result.best_epoch} of {result.epochs_run} (selected on validation {config.select_metric})")
+    print(format_table({f"{config.model} valid": result.valid, f"{config.model} test": result.test}))
+    print(f"checkpoint: {out / 'best.pt'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from llm4sbr.data import load_dataset
+    from llm4sbr.train import IntentLookup, evaluate, load_trained, resolve_device
+
+    device = resolve_device(args.device)
+    model, config, _ = load_trained(args.checkpoint, device)
+    dataset = load_dataset(config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction)
+    intents = IntentLookup.load(config.intents, dataset) if config.model == "llm4sbr" else None
+    metrics = evaluate(
+        model,
+        dataset.splits[args.split],
+        batch_size=config.eval_batch_size,
+        max_len=config.max_len,
+        intents=intents,
+        device=device,
+        progress=not args.quiet,
+    )
+    print(json.dumps(metrics, indent=2) if args.json else format_table({f"{config.model} {args.split}": metrics}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm4sbr",
+        description="LLM4SBR session-based recommendation: intents from an LLM, SR-GNN with Triton kernels.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train and evaluate one model (selection on the validation split)")
+    p.add_argument("--config", help="YAML file of TrainConfig keys; flags override it")
+    p.add_argument("--out", help="run directory (default: runs/<model>-<data>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="start over even if --out holds a run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test (or validation) split")
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
+    p.add_argument("--split", choices=("test", "valid"), default="test")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        print(f"llm4sbr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The in-memory dataset every stage shares: remapped items, titles and (prefix, target) samples.
+
+Items are remapped to 1..n_items; 0 is padding. A *sample* is one (input prefix, next item)
+pair. Sample ids are unique over the whole dataset (all splits) and stable for a given source
+and preset, so stage-1 intent vectors can be joined to samples by id, never by row order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SampleSet:
+    """Samples of one split in CSR form.
+
+    offsets [n + 1] int64 and items [offsets[-1]] int64: the prefix of sample i is
+    ``items[offsets[i]:offsets[i+1]]`` (oldest click first, ids in 1..n_items, never empty);
+    targets [n] int64 in 1..n_items; sample_ids [n] int64, unique over the dataset.
+    """
+
+    offsets: np.ndarray
+    items: np.ndarray
+    targets: np.ndarray
+    sample_ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.targets)
+        if self.offsets.shape != (n + 1,) or len(self.sample_ids) != n:
+            raise ValueError(
+                f"inconsistent SampleSet: {n} targets, {len(self.offsets)} offsets, {len(self.sample_ids)} ids"
+            )
+        if n and (np.diff(self.offsets) <= 0).any():
+            raise ValueError("every sample needs a non-empty prefix")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def prefix(self, i: int) -> np.ndarray:
+        return self.items[self.offsets[i] : self.offsets[i + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def subset(self, index: np.ndarray) -> SampleSet:
+        """The samples at positions ``index`` (in that order)."""
+        index = np.asarray(index, dtype=np.int64)
+        lens = self.lengths()[index]
+        offsets = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        items = np.concatenate([self.prefix(i) for i in index]) if len(index) else np.zeros(0, np.int64)
+        return SampleSet(offsets, items.astype(np.int64), self.targets[index], self.sample_ids[index])
+
+    @classmethod
+    def from_lists(cls, prefixes: list, targets: list, sample_ids: list | np.ndarray | None = None) -> SampleSet:
+        lens = np.array([len(p) for p in prefixes], dtype=np.int64)
+        offsets = np.zeros(len(prefixes) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        items = np.concatenate([np.asarray(p, dtype=np.int64) for p in prefixes]) if prefixes else np.zeros(0, np.int64)
+        ids = np.arange(len(targets), dtype=np.int64) if sample_ids is None else np.asarray(sample_ids, np.int64)
+        return cls(offsets, items, np.asarray(targets, dtype=np.int64), ids)
+
+
+@dataclass
+class SessionDataset:
+    """A preprocessed dataset.
+
+    ``item_raw_ids[i]`` is the source's id of model item i and ``item_names[i]`` its display name
+    (``"Title (Year) -- Genre|Genre"`` for MovieLens, the title otherwise; ``""`` if unknown);
+    index 0 is padding. ``splits`` maps "train", "valid", "test" to samples.
+    """
+
+    name: str
+    n_items: int
+    item_raw_ids: list[str]
+    item_names: list[str]
+    splits: dict[str, SampleSet]
+    meta: dict = field(default_factory=dict)
+
+    def raw_to_model_id(self) -> dict[str, int]:
+        return {raw: i for i, raw in enumerate(self.item_raw_ids) if i > 0}

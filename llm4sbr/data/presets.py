@@ -1,0 +1,309 @@
+"""Session presets: from raw :class:`Interactions` to a split :class:`SessionDataset`.
+
+Every preset orders clicks within a session by timestamp with a *stable* sort (ties keep file
+order), remaps items to 1..n_items in order of first appearance over the ordered sessions (train
+sessions first), and numbers samples uniquely over all splits. Session and user keys compare
+numerically when they are integers or all-digit strings, as strings otherwise.
+
+``movielens`` (paper-spec 4.2, ML-1M)
+    session = (user, floor(timestamp / bucket_seconds)); sessions holding any item seen fewer than
+    ``min_item_count`` times (counted once, over all clicks) or shorter than 2 are dropped whole;
+    sessions in (user, bucket) order, the first ``train_fraction`` are train, the rest test; one
+    sample per session (s[:-1] -> s[-1]).
+``amazon`` (paper-spec 4.2, Beauty)
+    session = user; optional iterative ``k_core`` on users and items (None or 0 turns it off);
+    sessions shorter than 2 dropped; sessions in user order, the first ``train_fraction`` are
+    train; prefix augmentation on train and test.
+``srgnn`` (SR-GNN's diginetica/yoochoose rules)
+    drop length-1 sessions, then clicks of items seen fewer than ``min_item_count`` times, then
+    sessions shorter than 2; a session's date is its last click (before the item filter) and the
+    sessions dated after ``max date - test_days`` days are test, the rest train (SR-GNN itself
+    drops sessions dated exactly at the boundary; here they are train); sessions ordered by
+    date; test clicks of items absent from train are removed and test sessions shorter than 2
+    dropped; prefix augmentation on both.
+``leave-one-out`` (RecBole 1.2.1's sequential setting, ``eval_args: {split: {LS: valid_and_test},
+order: TO}``)
+    session = user; every prefix is a sample, cut to its ``max_history`` most recent clicks. Per
+    user with k samples: the last is test and the one before valid when k >= 3; when k = 2 the
+    first is train and the last test; when k = 1 it is train (RecBole's
+    ``_split_index_by_leave_one_out``). Sample ids: train, then valid, then test.
+
+For the presets with a train/test split, ``valid_fraction`` of the train *sessions*, drawn with
+``numpy.random.default_rng(seed)``, become the validation split (all prefixes of a session on one
+side). Sample ids number the un-carved train samples first (session order, shortest prefix
+first), then test, so a sample keeps its id whatever ``valid_fraction`` and ``seed`` are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dataset import SampleSet, SessionDataset
+from .loaders import Interactions
+from .splits import carve_valid, gather_samples, prefix_samples, take
+
+PRESET_OPTIONS: dict[str, dict[str, object]] = {
+    "movielens": {"bucket_seconds": 600.0, "min_item_count": 5, "train_fraction": 0.9},
+    "amazon": {"k_core": 5, "train_fraction": 0.9},
+    "srgnn": {"test_days": 7.0, "min_item_count": 5},
+    "leave-one-out": {"max_history": 50},
+}
+PRESETS = tuple(PRESET_OPTIONS)
+
+
+@dataclass
+class _Sessions:
+    """Clicks grouped into ordered sessions: ``clicks`` indexes the Interactions arrays, and
+    ``session`` [n] is the non-decreasing session number of each click."""
+
+    clicks: np.ndarray
+    session: np.ndarray
+
+    def lengths(self) -> np.ndarray:
+        return np.bincount(self.session, minlength=self.count())
+
+    def count(self) -> int:
+        return int(self.session[-1]) + 1 if len(self.session) else 0
+
+    def offsets(self) -> np.ndarray:
+        offsets = np.zeros(self.count() + 1, dtype=np.int64)
+        np.cumsum(self.lengths(), out=offsets[1:])
+        return offsets
+
+    def keep_clicks(self, mask: np.ndarray) -> _Sessions:
+        """Drop the clicks where ``mask`` is False and renumber the sessions left."""
+        session = self.session[mask]
+        _, renumbered = np.unique(session, return_inverse=True)
+        return _Sessions(self.clicks[mask], renumbered.astype(np.int64))
+
+    def keep_sessions(self, keep: np.ndarray) -> _Sessions:
+        return self.keep_clicks(keep[self.session])
+
+    def reorder(self, session_rank: np.ndarray) -> _Sessions:
+        """Reorder sessions by ``session_rank`` [n_sessions] (stable), clicks within unchanged."""
+        order = np.argsort(session_rank[self.session], kind="stable")
+        _, renumbered = np.unique(session_rank[self.session][order], return_inverse=True)
+        return _Sessions(self.clicks[order], renumbered.astype(np.int64))
+
+
+def key_rank(keys: np.ndarray) -> np.ndarray:
+    """Rank [n] int64 of each key in sort order: numeric for integers and all-digit strings,
+    lexicographic for other strings; equal keys get equal ranks."""
+    unique, inverse = np.unique(keys, return_inverse=True)
+    if unique.dtype.kind in "US" and len(unique) and np.char.isdigit(unique.astype(str)).all():
+        # Digit strings compare as numbers by (significant length, text), with no overflow.
+        significant = np.char.lstrip(unique.astype(str), "0")
+        order = np.lexsort((unique, significant, np.char.str_len(significant)))
+        rank_of_unique = np.empty(len(unique), dtype=np.int64)
+        rank_of_unique[order] = np.arange(len(unique))
+        return rank_of_unique[inverse]
+    return inverse.astype(np.int64)
+
+
+def _group(interactions: Interactions, *keys: np.ndarray) -> _Sessions:
+    """Sessions keyed by ``keys`` (compared in that order), clicks by (timestamp, file row)."""
+    order = np.lexsort((interactions.row, interactions.timestamp, *reversed(keys)))
+    changes = np.zeros(len(order), dtype=bool)
+    for key in keys:
+        ordered = key[order]
+        changes[1:] |= ordered[1:] != ordered[:-1]
+    return _Sessions(order.astype(np.int64), np.cumsum(changes).astype(np.int64))
+
+
+def _item_counts(item_codes: np.ndarray, sessions: _Sessions) -> np.ndarray:
+    return np.bincount(item_codes[sessions.clicks], minlength=int(item_codes.max(initial=-1)) + 1)
+
+
+def _split_point(n_sessions: int, train_fraction: float) -> int:
+    if not 0.0 < train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must lie in (0, 1], got {train_fraction}")
+    return int(n_sessions * train_fraction)
+
+
+def _movielens(interactions: Interactions, item_codes: np.ndarray, options: dict) -> tuple[_Sessions, int]:
+    bucket = np.floor(interactions.timestamp / float(options["bucket_seconds"])).astype(np.int64)
+    sessions = _group(interactions, key_rank(interactions.session), bucket)
+    rare = _item_counts(item_codes, sessions) < int(options["min_item_count"])
+    has_rare = np.bincount(
+        sessions.session, weights=rare[item_codes[sessions.clicks]], minlength=sessions.count()
+    )
+    sessions = sessions.keep_sessions((has_rare == 0) & (sessions.lengths() >= 2))
+    return sessions, _split_point(sessions.count(), float(options["train_fraction"]))
+
+
+def _amazon(interactions: Interactions, item_codes: np.ndarray, options: dict) -> tuple[_Sessions, int]:
+    sessions = _group(interactions, key_rank(interactions.session))
+    k_core = int(options["k_core"] or 0)
+    while k_core > 0:
+        item_ok = _item_counts(item_codes, sessions) >= k_core
+        user_ok = sessions.lengths() >= k_core
+        keep = item_ok[item_codes[sessions.clicks]] & user_ok[sessions.session]
+        if keep.all():
+            break
+        sessions = sessions.keep_clicks(keep)
+    sessions = sessions.keep_sessions(sessions.lengths() >= 2)
+    return sessions, _split_point(sessions.count(), float(options["train_fraction"]))
+
+
+def _srgnn(interactions: Interactions, item_codes: np.ndarray, options: dict) -> tuple[_Sessions, int]:
+    sessions = _group(interactions, key_rank(interactions.session))
+    sessions = sessions.keep_sessions(sessions.lengths() >= 2)
+    date = np.full(sessions.count(), -np.inf)
+    np.maximum.at(date, sessions.session, interactions.timestamp[sessions.clicks])
+    frequent = _item_counts(item_codes, sessions) >= int(options["min_item_count"])
+    kept = frequent[item_codes[sessions.clicks]]
+    survives = np.bincount(sessions.session, weights=kept, minlength=sessions.count()) >= 2
+    date = date[survives]
+    sessions = sessions.keep_clicks(kept & survives[sessions.session])
+    if not sessions.count():
+        return sessions, 0
+    is_test = date > date.max() - 86400.0 * float(options["test_days"])
+    # Train sessions by date, then test sessions by date; ties keep key order.
+    sessions = sessions.reorder(np.lexsort((date, is_test)).argsort())
+    is_test = np.sort(is_test)
+    n_train = int((~is_test).sum())
+    train_items = np.zeros(int(item_codes.max(initial=-1)) + 1, dtype=bool)
+    train_items[item_codes[sessions.clicks[~is_test[sessions.session]]]] = True
+    seen_in_train = train_items[item_codes[sessions.clicks]]
+    sessions = sessions.keep_clicks(~is_test[sessions.session] | seen_in_train)
+    # Only test sessions can shrink, so the first n_train sessions are still the train ones.
+    return sessions.keep_sessions(sessions.lengths() >= 2), n_train
+
+
+def _leave_one_out(
+    interactions: Interactions, item_codes: np.ndarray, options: dict
+) -> tuple[_Sessions, int]:
+    sessions = _group(interactions, key_rank(interactions.session))
+    sessions = sessions.keep_sessions(sessions.lengths() >= 2)
+    return sessions, sessions.count()
+
+
+_BUILDERS: dict[str, Callable[[Interactions, np.ndarray, dict], tuple[_Sessions, int]]] = {
+    "movielens": _movielens,
+    "amazon": _amazon,
+    "srgnn": _srgnn,
+    "leave-one-out": _leave_one_out,
+}
+
+
+def _resolve_options(preset: str, options: dict) -> dict:
+    if preset not in PRESET_OPTIONS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    unknown = set(options) - set(PRESET_OPTIONS[preset])
+    if unknown:
+        accepted = sorted(PRESET_OPTIONS[preset])
+        raise TypeError(f"preset {preset!r} got unknown options {sorted(unknown)}; it takes {accepted}")
+    return {**PRESET_OPTIONS[preset], **options}
+
+
+def _leave_one_out_splits(
+    model_items: np.ndarray, offsets: np.ndarray, max_history: int
+) -> dict[str, SampleSet]:
+    starts, ends, targets = prefix_samples(offsets, augment=True, max_history=max_history)
+    per_user = np.maximum(np.diff(offsets) - 1, 0)
+    last = np.cumsum(per_user) - 1
+    role = np.zeros(len(ends), dtype=np.int8)  # 0 train, 1 valid, 2 test
+    role[last[per_user >= 2]] = 2
+    role[last[per_user >= 3] - 1] = 1
+    splits = {}
+    next_id = 0
+    for code, name in enumerate(("train", "valid", "test")):
+        index = np.flatnonzero(role == code)
+        ids = np.arange(next_id, next_id + len(index), dtype=np.int64)
+        splits[name] = gather_samples(
+            model_items, starts[index], ends[index], model_items[targets[index]], ids
+        )
+        next_id += len(index)
+    return splits
+
+
+def _ordered_splits(
+    model_items: np.ndarray,
+    offsets: np.ndarray,
+    n_train: int,
+    augment: bool,
+    valid_fraction: float,
+    seed: int,
+) -> tuple[dict[str, SampleSet], dict[str, int]]:
+    starts, ends, targets = prefix_samples(offsets, augment=augment)
+    sample_session = np.searchsorted(offsets, starts, side="right") - 1
+    samples = gather_samples(model_items, starts, ends, model_items[targets], np.arange(len(ends)))
+    is_train = sample_session < n_train
+    train, valid = carve_valid(
+        take(samples, np.flatnonzero(is_train)), sample_session[is_train], valid_fraction, seed
+    )
+    # Sample ids are positions in ``samples`` here, so they index ``sample_session``.
+    n_valid_sessions = len(np.unique(sample_session[valid.sample_ids]))
+    session_counts = {
+        "train": n_train - n_valid_sessions,
+        "valid": n_valid_sessions,
+        "test": len(offsets) - 1 - n_train,
+    }
+    return {"train": train, "valid": valid, "test": take(samples, np.flatnonzero(~is_train))}, session_counts
+
+
+def build_dataset(
+    interactions: Interactions,
+    item_table: dict[str, str] | None,
+    preset: str,
+    *,
+    seed: int = 0,
+    valid_fraction: float = 0.1,
+    **options: object,
+) -> SessionDataset:
+    """Apply ``preset`` (see the module docstring) to ``interactions``.
+
+    item_table maps raw item ids to display names (missing ids get ``""``). ``options`` override
+    the preset's defaults in :data:`PRESET_OPTIONS`; an option the preset does not take raises
+    TypeError. ``meta`` records the preset, its resolved options, seed, valid_fraction and the
+    counts (sessions and samples per split, clicks, items, mean prefix length over all samples).
+    """
+    resolved = _resolve_options(preset, options)
+    if preset == "leave-one-out" and int(resolved["max_history"]) < 1:
+        raise ValueError(f"max_history must be >= 1, got {resolved['max_history']}")
+    item_vocab, item_codes = np.unique(interactions.item, return_inverse=True)
+    item_codes = item_codes.astype(np.int64)
+    sessions, n_train = _BUILDERS[preset](interactions, item_codes, resolved)
+
+    ordered_codes = item_codes[sessions.clicks]
+    first_seen_codes, first_position = np.unique(ordered_codes, return_index=True)
+    appearance = first_seen_codes[np.argsort(first_position)]
+    model_id_of_code = np.zeros(len(item_vocab), dtype=np.int64)
+    model_id_of_code[appearance] = np.arange(1, len(appearance) + 1)
+    model_items = model_id_of_code[ordered_codes]
+    offsets = sessions.offsets()
+
+    if preset == "leave-one-out":
+        splits = _leave_one_out_splits(model_items, offsets, int(resolved["max_history"]))
+        session_counts = {"users": sessions.count()}
+    else:
+        augment = preset != "movielens"
+        splits, session_counts = _ordered_splits(model_items, offsets, n_train, augment, valid_fraction, seed)
+
+    raw_ids = [str(raw) for raw in item_vocab[appearance]]
+    table = item_table or {}
+    samples = {name: len(split) for name, split in splits.items()}
+    total_prefix = sum(int(split.lengths().sum()) for split in splits.values())
+    meta = {
+        "preset": preset,
+        "options": {**resolved, "seed": seed, "valid_fraction": valid_fraction},
+        "valid_split": "recbole leave-one-out"
+        if preset == "leave-one-out"
+        else "carved from train by session",
+        "sessions": {"total": sessions.count(), **session_counts},
+        "samples": samples,
+        "clicks": len(sessions.clicks),
+        "items": len(appearance),
+        "mean_prefix_length": total_prefix / max(sum(samples.values()), 1),
+    }
+    return SessionDataset(
+        name=interactions.name,
+        n_items=len(appearance),
+        item_raw_ids=["[PAD]", *raw_ids],
+        item_names=["", *(table.get(raw, "") for raw in raw_ids)],
+        splits=splits,
+        meta=meta,
+    )

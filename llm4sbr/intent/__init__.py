@@ -1,0 +1,40 @@
+"""Stage 1 of LLM4SBR: multi-view intent inference (paper section 2).
+
+For every sample, a long-term and a short-term prompt built from its input prefix go to an LLM;
+the answers are cached on disk, encoded by a local sentence encoder, localized onto the item
+catalog and written as ``intents.npy`` [n_samples, 2, d_text] for stage 2.
+
+``import llm4sbr.intent`` needs neither transformers nor bitsandbytes; they are imported when a
+real backend or encoder is used.
+"""
+
+from .backends import FakeBackend, TransformersBackend, make_backend, postprocess_answer
+from .cache import AnswerCache, CacheCorruptionWarning, answer_key
+from .config import IntentConfig, add_arguments, config_from_args
+from .encode import HashingEncoder, TextEncoder, make_encoder
+from .infer import IntentResult, infer_intents
+from .localize import localize
+from .prompts import VIEWS, build_prompt
+from .store import load_intents
+
+__all__ = [
+    "VIEWS",
+    "AnswerCache",
+    "CacheCorruptionWarning",
+    "FakeBackend",
+    "HashingEncoder",
+    "IntentConfig",
+    "IntentResult",
+    "TextEncoder",
+    "TransformersBackend",
+    "add_arguments",
+    "answer_key",
+    "build_prompt",
+    "config_from_args",
+    "infer_intents",
+    "load_intents",
+    "localize",
+    "make_backend",
+    "make_encoder",
+    "postprocess_answer",
+]

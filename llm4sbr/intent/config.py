@@ -1,0 +1,97 @@
+"""Settings of the intent stage, and their command-line form for ``llm4sbr infer-intents``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+from .backends import BACKENDS, PRECISIONS
+from .localize import REDUCTIONS
+
+
+@dataclass
+class IntentConfig:
+    """Everything that shapes stage 1.
+
+    backend: "smollm2" (bundled SmolLM2-135M-Instruct GGUF), "transformers" (``model`` is a local
+    folder or .gguf file) or "fake" (tests). precision: "4bit", "8bit", "bf16", "fp16" or "fp32";
+    None picks 4bit on CUDA and fp32 on CPU. batch_size: prompts per generation batch and per
+    cache write. max_new_tokens: generation cap. max_prompt_items: show only the last N clicks
+    of a prefix (None shows all, as the paper). r: catalog items per localized intent (0 keeps
+    the raw answer embedding). localize_reduce: "sum" (paper) or "mean" (authors' code).
+    encoder: local encoder folder, None for the bundled all-MiniLM-L6-v2, "fake" for the hashing
+    stand-in. limit: process only the first N samples of each split (the outputs then cover
+    exactly those samples). cache_dir: answer cache (None: ``<out_dir>/answer_cache``).
+    seed: sampling seed (used only when do_sample). device: torch device (None: CUDA when
+    available). do_sample: sample with top_p 0.8 instead of greedy decoding. stop_at_newline: stop
+    each answer at the end of its first non-empty line.
+    """
+
+    backend: str = "smollm2"
+    model: str | None = None
+    precision: str | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    max_prompt_items: int | None = None
+    r: int = 5
+    localize_reduce: str = "sum"
+    encoder: str | None = None
+    limit: int | None = None
+    cache_dir: str | None = None
+    seed: int = 0
+    device: str | None = None
+    do_sample: bool = False
+    stop_at_newline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.localize_reduce not in REDUCTIONS:
+            raise ValueError(f"localize_reduce must be one of {REDUCTIONS}, got {self.localize_reduce!r}")
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_prompt_items", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {value}")
+        if self.r < 0:
+            raise ValueError(f"r must be >= 0, got {self.r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``infer-intents`` options (all but ``--data`` and ``--out``) to ``parser``."""
+    d = IntentConfig()
+    parser.add_argument("--backend", choices=BACKENDS, default=d.backend)
+    parser.add_argument("--model", default=d.model, help="model folder or .gguf file (backend transformers)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=d.precision, help="default: 4bit on CUDA, fp32 on CPU"
+    )
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    parser.add_argument(
+        "--max-prompt-items", type=int, default=d.max_prompt_items, help="default: all clicks"
+    )
+    parser.add_argument(
+        "--r", type=int, default=d.r, help="catalog items per localized intent; 0 = raw answer"
+    )
+    parser.add_argument("--localize-reduce", choices=REDUCTIONS, default=d.localize_reduce)
+    parser.add_argument("--encoder", default=d.encoder, help="encoder folder; default all-MiniLM-L6-v2")
+    parser.add_argument("--limit", type=int, default=d.limit, help="first N samples of each split only")
+    parser.add_argument("--cache-dir", default=d.cache_dir, help="default: <out>/answer_cache")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=d.device)
+    parser.add_argument("--do-sample", action="store_true", help="sample (top_p 0.8) instead of greedy")
+    parser.add_argument(
+        "--no-stop-at-newline",
+        dest="stop_at_newline",
+        action="store_false",
+        help="generate up to --max-new-tokens",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> IntentConfig:
+    """An :class:`IntentConfig` from parsed :func:`add_arguments` options."""
+    return IntentConfig(**{f.name: getattr(args, f.name) for f in fields(IntentConfig)})

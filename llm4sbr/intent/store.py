@@ -1,0 +1,103 @@
+"""The stage-1 output folder, read by stage 2's ``--intents`` option.
+
+* ``intents.npy``: [n_samples, 2, d_text] float32, axis 1 = (long, short) view.
+* ``sample_ids.npy``: [n_samples] int64, the sample id of each row (join on id, never on order).
+* ``answers.jsonl``: one ``{"sample_id", "long", "short"}`` line per row, the post-processed answers.
+* ``meta.json``: models, precision, template hash, r, counts, timings, peak memory, and the
+  shape and a hash of the ids, so :func:`load_intents` can tell a consistent folder from a mixed one.
+
+Every file is written atomically and ``meta.json`` last, so it marks a complete output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_writer, write_atomic
+from .prompts import VIEWS
+
+INTENTS_FILE = "intents.npy"
+SAMPLE_IDS_FILE = "sample_ids.npy"
+ANSWERS_FILE = "answers.jsonl"
+META_FILE = "meta.json"
+FORMAT = 1
+
+
+def ids_digest(sample_ids: np.ndarray) -> str:
+    """sha256 of the ids as little-endian int64."""
+    return hashlib.sha256(np.ascontiguousarray(sample_ids, dtype="<i8").tobytes()).hexdigest()
+
+
+def write_answers(out_dir: Path, sample_ids: np.ndarray, answers: list[tuple[str, str]]) -> None:
+    """``answers.jsonl``: answers[i] = (long, short) post-processed answers of sample_ids[i]."""
+    lines = [
+        json.dumps({"sample_id": int(sid), VIEWS[0]: lt, VIEWS[1]: st}, ensure_ascii=False)
+        for sid, (lt, st) in zip(sample_ids, answers, strict=True)
+    ]
+    write_atomic(out_dir / ANSWERS_FILE, ("\n".join(lines) + "\n").encode())
+
+
+def write_sample_ids(out_dir: Path, sample_ids: np.ndarray) -> None:
+    with atomic_writer(out_dir / SAMPLE_IDS_FILE) as f:
+        np.save(f, np.asarray(sample_ids, dtype=np.int64))
+
+
+def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
+    write_atomic(out_dir / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _fail(path: Path, message: str) -> ValueError:
+    return ValueError(f"{path}: {message}")
+
+
+def load_intents(out_dir: str | os.PathLike) -> tuple[np.memmap, np.ndarray]:
+    """Open a stage-1 output folder.
+
+    Returns (vectors, sample_ids): vectors is a read-only memmap [n, 2, d_text] float32 and
+    sample_ids [n] int64 labels its rows. Raises FileNotFoundError for a missing folder or
+    file and ValueError for a corrupt meta.json or files that disagree with it or each other.
+    """
+    out_dir = Path(out_dir)
+    for name in (META_FILE, INTENTS_FILE, SAMPLE_IDS_FILE):
+        if not (out_dir / name).is_file():
+            raise FileNotFoundError(
+                f"{out_dir / name} is missing: run `llm4sbr infer-intents --out {out_dir}`"
+            )
+    meta_path = out_dir / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+        shape = tuple(int(s) for s in meta["shape"])
+        digest = str(meta["sample_ids_sha256"])
+        fmt = meta["format"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _fail(meta_path, f"corrupt meta ({type(exc).__name__}: {exc})") from exc
+    if fmt != FORMAT:
+        raise _fail(meta_path, f"format {fmt!r} is not the supported {FORMAT}")
+    try:
+        vectors = np.load(out_dir / INTENTS_FILE, mmap_mode="r")
+        sample_ids = np.load(out_dir / SAMPLE_IDS_FILE)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{out_dir}: unreadable array file ({exc})") from exc
+    if vectors.dtype != np.float32 or vectors.ndim != 3 or vectors.shape[1] != len(VIEWS):
+        raise _fail(
+            out_dir / INTENTS_FILE,
+            f"expected [n, {len(VIEWS)}, d] float32, got {vectors.shape} {vectors.dtype}",
+        )
+    if vectors.shape != shape:
+        raise _fail(out_dir / INTENTS_FILE, f"shape {vectors.shape} does not match meta.json's {shape}")
+    if sample_ids.ndim != 1 or sample_ids.dtype.kind not in "iu" or len(sample_ids) != shape[0]:
+        raise _fail(
+            out_dir / SAMPLE_IDS_FILE,
+            f"expected [{shape[0]}] integers, got {sample_ids.shape} {sample_ids.dtype}",
+        )
+    if ids_digest(sample_ids) != digest:
+        raise _fail(out_dir / SAMPLE_IDS_FILE, "ids do not match meta.json (files from different runs?)")
+    if len(np.unique(sample_ids)) != len(sample_ids):
+        raise _fail(out_dir / SAMPLE_IDS_FILE, "duplicate sample ids")
+    return vectors, sample_ids.astype(np.int64, copy=False)

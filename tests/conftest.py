@@ -1,0 +1,22 @@
+"""Test setup: kernels run through the Triton CPU interpreter.
+
+TRITON_INTERPRET must be in the environment before ``llm4sbr.kernels`` defines its
+``@triton.jit`` functions, so it is set here, before any test module imports the package.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+torch.set_num_threads(2)
+
+settings.register_profile(
+    "llm4sbr",
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("llm4sbr")

@@ -1,0 +1,43 @@
+"""Deterministic stand-ins for tests: a tiny session dataset and fake stage-1 intent vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llm4sbr.data.dataset import SampleSet, SessionDataset
+
+
+def tiny_dataset(n_items: int = 30, n_sessions: int = 60, max_len: int = 8, seed: int = 0) -> SessionDataset:
+    """Sessions that walk through the catalog with small strides (so the next item is learnable),
+    with repeats; one sample per session; 70/15/15 train/valid/test."""
+    rng = np.random.default_rng(seed)
+    prefixes, targets = [], []
+    for _ in range(n_sessions):
+        length = int(rng.integers(2, max_len + 1))
+        start = int(rng.integers(1, n_items + 1))
+        steps = rng.choice([0, 1, 1, 1, 2], size=length - 1)
+        seq = (start - 1 + np.concatenate([[0], np.cumsum(steps)])) % n_items + 1
+        prefixes.append(seq[:-1].tolist())
+        targets.append(int(seq[-1]))
+    n_train, n_valid = int(0.7 * n_sessions), int(0.15 * n_sessions)
+    cuts = [(0, n_train), (n_train, n_train + n_valid), (n_train + n_valid, n_sessions)]
+    splits = {
+        name: SampleSet.from_lists(prefixes[a:b], targets[a:b], np.arange(a, b))
+        for name, (a, b) in zip(("train", "valid", "test"), cuts)
+    }
+    raw = ["[PAD]"] + [f"raw{i}" for i in range(1, n_items + 1)]
+    names = [""] + [f"Item {i}" for i in range(1, n_items + 1)]
+    return SessionDataset("tiny", n_items, raw, names, splits)
+
+
+def fake_intents(dataset: SessionDataset, d_text: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors [n, 2, d_text], sample_ids [n]): long-term = mean item vector of the prefix,
+    short-term = the last item's vector, item vectors random but fixed by ``seed``."""
+    item_vectors = np.random.default_rng(seed).normal(size=(dataset.n_items + 1, d_text)).astype(np.float32)
+    vectors, ids = [], []
+    for samples in dataset.splits.values():
+        for i in range(len(samples)):
+            prefix = samples.prefix(i)
+            vectors.append(np.stack([item_vectors[prefix].mean(0), item_vectors[prefix[-1]]]))
+            ids.append(samples.sample_ids[i])
+    return np.stack(vectors), np.asarray(ids, dtype=np.int64)

@@ -1,0 +1,261 @@
+"""attn_pool: the Triton path (CPU interpreter) against the float64 reference, gradients,
+padding invariance, softmax convexity, all-padding rows, determinism, dispatch and input checks."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+from budget import assert_within_budget
+from hypothesis import given
+from hypothesis import strategies as st
+from llm4sbr.kernels import attn_pool, attn_pool_ref, use_backend
+
+attn_pool_module = importlib.import_module("llm4sbr.kernels.attn_pool")
+
+GRAD_NAMES = ("h", "q_last", "w2", "b2", "w3")
+NORMALIZE = ("none", "softmax")
+
+
+def make_inputs(
+    B: int, L: int, d: int, seed: int, dtype: torch.dtype = torch.float32, empty_rows: tuple[int, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """Random attn_pool inputs: h [B, L, d], a random mask [B, L] with at least one click per row
+    except ``empty_rows`` (all padding), q_last [B, d], w2 [d, d], b2 [d], w3 [d]."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(B, L, generator=gen) < 0.6
+    mask[torch.arange(B), torch.randint(0, L, (B,), generator=gen)] = True
+    mask[list(empty_rows)] = False
+    return {
+        "h": torch.randn(B, L, d, generator=gen, dtype=dtype),
+        "mask": mask,
+        "q_last": torch.randn(B, d, generator=gen, dtype=dtype),
+        "w2": torch.randn(d, d, generator=gen, dtype=dtype) / math.sqrt(d),
+        "b2": torch.randn(d, generator=gen, dtype=dtype) * 0.1,
+        "w3": torch.randn(d, generator=gen, dtype=dtype),
+    }
+
+
+def cast(inputs: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Float tensors cast to ``dtype`` (the mask stays bool)."""
+    return {k: v if v.dtype == torch.bool else v.to(dtype) for k, v in inputs.items()}
+
+
+def run(
+    fn, inputs: dict[str, torch.Tensor], normalize: str, grad_out: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward ``fn`` on fresh leaves of ``inputs`` and backpropagate ``grad_out`` ([B, d]).
+
+    Returns (out [B, d], gradient of every float input by name)."""
+    leaves = {k: v if k == "mask" else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    out = fn(
+        leaves["h"], leaves["mask"], leaves["q_last"], leaves["w2"], leaves["b2"], leaves["w3"], normalize
+    )
+    grads = torch.autograd.grad(out, [leaves[k] for k in GRAD_NAMES], grad_out.to(out.dtype))
+    return out.detach(), dict(zip(GRAD_NAMES, grads, strict=True))
+
+
+def within_budget(
+    name: str, kernel: torch.Tensor, ref_low: torch.Tensor, ref64: torch.Tensor, rel: float
+) -> None:
+    """The error budget with atol = rel * the tensor's largest magnitude (at least rel): with
+    normalize="none" the weights e are unnormalised sums over d, so values reach tens."""
+    assert_within_budget(name, kernel, ref_low, ref64, atol=rel * max(1.0, ref64.abs().max().item()))
+
+
+def triton_attn_pool(*args) -> torch.Tensor:
+    with use_backend("triton"):
+        return attn_pool(*args)
+
+
+def grad_output(B: int, d: int, seed: int) -> torch.Tensor:
+    return torch.randn(B, d, generator=torch.Generator().manual_seed(seed + 1))
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+@pytest.mark.parametrize(
+    ("B", "L", "d", "empty_rows"),
+    [
+        (1, 1, 1, ()),
+        (1, 3, 7, ()),
+        (4, 1, 7, (2,)),
+        (3, 19, 7, (1,)),
+        (2, 3, 100, (0,)),
+        (1, 50, 100, ()),
+        (2, 50, 13, ()),
+        (3, 19, 1, (2,)),
+    ],
+)
+def test_forward_and_gradients_within_budget(B, L, d, empty_rows, normalize):
+    inputs = make_inputs(B, L, d, seed=B * 1000 + L * 10 + d, empty_rows=empty_rows)
+    grad_out = grad_output(B, d, seed=L)
+    out_k, grads_k = run(triton_attn_pool, inputs, normalize, grad_out)
+    out_32, grads_32 = run(attn_pool_ref, inputs, normalize, grad_out)
+    out_64, grads_64 = run(attn_pool_ref, cast(inputs, torch.float64), normalize, grad_out.double())
+    assert out_k.dtype == torch.float32
+    within_budget("out", out_k, out_32, out_64, rel=2e-6)
+    for name in GRAD_NAMES:
+        assert grads_k[name].dtype == torch.float32
+        within_budget(f"d{name}", grads_k[name], grads_32[name], grads_64[name], rel=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_low_precision_inputs_within_budget(dtype, normalize):
+    inputs = make_inputs(3, 19, 7, seed=5, empty_rows=(1,))
+    low = cast(inputs, dtype)
+    grad_out = grad_output(3, 7, seed=5)
+    out_k, grads_k = run(triton_attn_pool, low, normalize, grad_out)
+    out_low, grads_low = run(attn_pool_ref, low, normalize, grad_out)
+    out_64, grads_64 = run(attn_pool_ref, cast(low, torch.float64), normalize, grad_out.double())
+    assert out_k.dtype == dtype
+    within_budget("out", out_k, out_low, out_64, rel=1e-2)
+    for name in GRAD_NAMES:
+        assert grads_k[name].dtype == dtype
+        within_budget(f"d{name}", grads_k[name], grads_low[name], grads_64[name], rel=1e-2)
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+@pytest.mark.parametrize("path", ["reference", "triton"])
+def test_gradcheck_float64(path, normalize):
+    inputs = cast(make_inputs(3, 4, 3, seed=11, empty_rows=(1,)), torch.float64)
+    fn = attn_pool_ref if path == "reference" else triton_attn_pool
+    mask = inputs["mask"]
+    leaves = tuple(inputs[k].clone().requires_grad_(True) for k in GRAD_NAMES)
+
+    def pooled(h, q_last, w2, b2, w3):
+        return fn(h, mask, q_last, w2, b2, w3, normalize)
+
+    assert torch.autograd.gradcheck(pooled, leaves)
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_repeated_triton_runs_are_bit_identical(normalize):
+    inputs = make_inputs(3, 19, 7, seed=3, empty_rows=(2,))
+    grad_out = grad_output(3, 7, seed=3)
+    out_a, grads_a = run(triton_attn_pool, inputs, normalize, grad_out)
+    out_b, grads_b = run(triton_attn_pool, inputs, normalize, grad_out)
+    assert torch.equal(out_a, out_b)
+    for name in GRAD_NAMES:
+        assert torch.equal(grads_a[name], grads_b[name]), name
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_functional_api_function_and_reference_agree(normalize):
+    inputs = make_inputs(2, 5, 7, seed=8)
+    # A non-contiguous h: the Triton path must make it contiguous before launch.
+    inputs["h"] = inputs["h"].transpose(1, 2).contiguous().transpose(1, 2)
+    args = [inputs[k] for k in ("h", "mask", "q_last", "w2", "b2", "w3")]
+    assert not args[0].is_contiguous()
+    functional = triton_attn_pool(*args, normalize)
+    applied = attn_pool_module.AttnPoolFunction.apply(*args, normalize)
+    reference = attn_pool_ref(*args, normalize)
+    assert torch.equal(functional, applied)
+    torch.testing.assert_close(functional, reference)
+
+
+class _TritonCalled:
+    """Stands in for AttnPoolFunction to detect that the Triton path was taken."""
+
+    @staticmethod
+    def apply(*args):
+        raise AssertionError("the Triton path ran")
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_torch_backend_runs_the_reference(monkeypatch, normalize):
+    inputs = make_inputs(2, 5, 7, seed=9)
+    args = [inputs[k] for k in ("h", "mask", "q_last", "w2", "b2", "w3")]
+    monkeypatch.setattr(attn_pool_module, "AttnPoolFunction", _TritonCalled)
+    with use_backend("torch"):
+        assert torch.equal(attn_pool(*args, normalize), attn_pool_ref(*args, normalize))
+    with pytest.raises(AssertionError, match="the Triton path ran"):
+        triton_attn_pool(*args, normalize)
+
+
+def _bad_inputs() -> list[tuple[str, dict[str, object], str]]:
+    base = make_inputs(2, 3, 4, seed=0)
+    meta = torch.device("meta")
+    return [
+        ("h rank", {"h": base["h"][0]}, "h"),
+        ("h not a tensor", {"h": base["h"].tolist()}, "h"),
+        ("mask shape", {"mask": torch.ones(2, 4, dtype=torch.bool)}, "mask"),
+        ("mask dtype", {"mask": base["mask"].float()}, "mask"),
+        ("mask device", {"mask": base["mask"].to(meta)}, "mask"),
+        ("q_last shape", {"q_last": torch.zeros(3, 4)}, "q_last"),
+        ("q_last dtype", {"q_last": base["q_last"].double()}, "q_last"),
+        ("q_last device", {"q_last": base["q_last"].to(meta)}, "q_last"),
+        ("w2 shape", {"w2": torch.zeros(4, 5)}, "w2"),
+        ("w2 dtype", {"w2": base["w2"].half()}, "w2"),
+        ("b2 shape", {"b2": torch.zeros(5)}, "b2"),
+        ("b2 device", {"b2": base["b2"].to(meta)}, "b2"),
+        ("w3 rank", {"w3": torch.zeros(4, 1)}, "w3"),
+        ("w3 dtype", {"w3": base["w3"].double()}, "w3"),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize(("case", "override", "name"), _bad_inputs(), ids=[c[0] for c in _bad_inputs()])
+def test_bad_input_raises_value_error_naming_the_argument(backend, case, override, name):
+    inputs = {**make_inputs(2, 3, 4, seed=0), **override}
+    args = [inputs[k] for k in ("h", "mask", "q_last", "w2", "b2", "w3")]
+    with use_backend(backend), pytest.raises(ValueError, match=rf"^{name}\b"):
+        attn_pool(*args)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("normalize", ["max", "Softmax", "", None])
+def test_unknown_normalize_raises(backend, normalize):
+    inputs = make_inputs(2, 3, 4, seed=0)
+    args = [inputs[k] for k in ("h", "mask", "q_last", "w2", "b2", "w3")]
+    with use_backend(backend), pytest.raises(ValueError, match="normalize"):
+        attn_pool(*args, normalize)
+
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 9))
+seeds = st.integers(0, 2**31 - 1)
+paths = st.sampled_from([attn_pool_ref, triton_attn_pool])
+
+
+@given(shape=shapes, seed=seeds, normalize=st.sampled_from(NORMALIZE), fn=paths)
+def test_padding_perturbation_changes_nothing(shape, seed, normalize, fn):
+    B, L, d = shape
+    inputs = make_inputs(B, L, d, seed)
+    padded = ~inputs["mask"]
+    perturbed = dict(inputs)
+    noise = 100.0 * torch.randn(B, L, d, generator=torch.Generator().manual_seed(seed + 2))
+    perturbed["h"] = torch.where(padded[..., None], inputs["h"] + noise, inputs["h"])
+    grad_out = grad_output(B, d, seed)
+    out_a, grads_a = run(fn, inputs, normalize, grad_out)
+    out_b, grads_b = run(fn, perturbed, normalize, grad_out)
+    assert torch.equal(out_a, out_b)
+    for name in ("q_last", "w2", "b2", "w3"):
+        assert torch.equal(grads_a[name], grads_b[name]), name
+    assert torch.equal(grads_a["h"][~padded], grads_b["h"][~padded])
+    assert torch.equal(grads_b["h"][padded], torch.zeros_like(grads_b["h"][padded]))
+
+
+@given(shape=shapes, seed=seeds, fn=paths)
+def test_softmax_output_is_a_convex_combination(shape, seed, fn):
+    B, L, d = shape
+    inputs = cast(make_inputs(B, L, d, seed), torch.float64)
+    c = torch.randn(B, d, generator=torch.Generator().manual_seed(seed + 3), dtype=torch.float64)
+    # Padded positions keep their random h: they must get no weight.
+    inputs["h"] = torch.where(inputs["mask"][..., None], c[:, None, :], inputs["h"])
+    out = fn(*(inputs[k] for k in ("h", "mask", "q_last", "w2", "b2", "w3")), "softmax")
+    torch.testing.assert_close(out, c, rtol=1e-12, atol=1e-12)
+
+
+@given(shape=shapes, seed=seeds, normalize=st.sampled_from(NORMALIZE), fn=paths)
+def test_all_padding_rows_give_zeros_and_finite_gradients(shape, seed, normalize, fn):
+    B, L, d = shape
+    empty = 0
+    inputs = make_inputs(B, L, d, seed, empty_rows=(empty,))
+    out, grads = run(fn, inputs, normalize, grad_output(B, d, seed))
+    assert torch.equal(out[empty], torch.zeros(d))
+    for name in GRAD_NAMES:
+        assert torch.isfinite(grads[name]).all(), name
+    assert torch.equal(grads["h"][empty], torch.zeros(L, d))
+    assert torch.equal(grads["q_last"][empty], torch.zeros(d))

@@ -1,0 +1,151 @@
+"""Session-graph builders: hand-checked graphs, torch == numba == a plain-Python reference,
+padding invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llm4sbr.data import build_session_graph, build_session_graph_numba
+
+
+def reference_graph(session: list[int]) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+    """One session's graph straight from the definition (paper-spec 3.1)."""
+    nodes = sorted(set(session))
+    index = {item: i for i, item in enumerate(nodes)}
+    alias = [index[item] for item in session]
+    edges = {(alias[i], alias[i + 1]) for i in range(len(session) - 1)}
+    n = len(nodes)
+    A_in = np.zeros((n, n), dtype=np.float32)
+    A_out = np.zeros((n, n), dtype=np.float32)
+    for u, v in edges:
+        A_out[u, v] = np.float32(1) / np.float32(sum(1 for a, _ in edges if a == u))
+        A_in[v, u] = np.float32(1) / np.float32(sum(1 for _, b in edges if b == v))
+    return nodes, alias, A_in, A_out
+
+
+def pad_batch(sessions: list[list[int]], extra: int = 0, fill: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in sessions) + extra
+    item_seq = torch.full((len(sessions), length), fill, dtype=torch.long)
+    for row, session in enumerate(sessions):
+        item_seq[row, : len(session)] = torch.tensor(session)
+    return item_seq, torch.tensor([len(s) for s in sessions])
+
+
+def assert_matches_reference(graph: tuple, sessions: list[list[int]]) -> None:
+    nodes, alias, A_in, A_out = (np.asarray(part) for part in graph)
+    n_max = max(len(set(s)) for s in sessions)
+    assert nodes.shape == (len(sessions), n_max)
+    assert A_in.shape == A_out.shape == (len(sessions), n_max, n_max)
+    for b, session in enumerate(sessions):
+        ref_nodes, ref_alias, ref_in, ref_out = reference_graph(session)
+        n, length = len(ref_nodes), len(session)
+        assert nodes[b, :n].tolist() == ref_nodes and not nodes[b, n:].any()
+        assert alias[b, :length].tolist() == ref_alias and not alias[b, length:].any()
+        np.testing.assert_array_equal(A_in[b, :n, :n], ref_in)
+        np.testing.assert_array_equal(A_out[b, :n, :n], ref_out)
+        assert not A_in[b, n:].any() and not A_in[b, :, n:].any()
+        assert not A_out[b, n:].any() and not A_out[b, :, n:].any()
+
+
+def both_builders(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[tuple, tuple]:
+    torch_graph = tuple(part.numpy() for part in build_session_graph(item_seq, item_seq_len))
+    numba_graph = build_session_graph_numba(item_seq.numpy(), item_seq_len.numpy())
+    return torch_graph, numba_graph
+
+
+def test_hand_checked_session() -> None:
+    item_seq, item_seq_len = pad_batch([[1, 2, 3, 2, 4], [5, 5, 5], [7]])
+    expected_in = np.zeros((3, 4, 4), np.float32)
+    expected_out = np.zeros((3, 4, 4), np.float32)
+    # Session 0: nodes (1, 2, 3, 4); edges 1->2, 2->3, 3->2, 2->4.
+    expected_out[0, 0, 1] = 1.0
+    expected_out[0, 1, 2] = expected_out[0, 1, 3] = 0.5
+    expected_out[0, 2, 1] = 1.0
+    expected_in[0, 1, 0] = expected_in[0, 1, 2] = 0.5
+    expected_in[0, 2, 1] = 1.0
+    expected_in[0, 3, 1] = 1.0
+    # Session 1: one node with a self-loop; session 2: one node, no edge.
+    expected_in[1, 0, 0] = expected_out[1, 0, 0] = 1.0
+    for nodes, alias, A_in, A_out in both_builders(item_seq, item_seq_len):
+        assert nodes.tolist() == [[1, 2, 3, 4], [5, 0, 0, 0], [7, 0, 0, 0]]
+        assert alias.tolist() == [[0, 1, 2, 1, 3], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
+        np.testing.assert_array_equal(A_in, expected_in)
+        np.testing.assert_array_equal(A_out, expected_out)
+
+
+def test_repeated_pair_counts_once() -> None:
+    item_seq, item_seq_len = pad_batch([[1, 2, 1, 2, 3]])
+    for _, _, A_in, A_out in both_builders(item_seq, item_seq_len):
+        # Edges 1->2 (twice), 2->1, 2->3: node 1 has out-degree 1, not 2.
+        assert A_out[0, 0].tolist() == [0.0, 1.0, 0.0]
+        assert A_out[0, 1].tolist() == [0.5, 0.0, 0.5]
+        assert A_in[0, 1].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_types_shapes_and_dtype() -> None:
+    item_seq, item_seq_len = pad_batch([[3, 1], [2, 2, 4]], extra=2)
+    graph = build_session_graph(item_seq, item_seq_len, dtype=torch.float64)
+    assert graph.nodes.dtype == graph.alias.dtype == torch.long
+    assert graph.A_in.dtype == graph.A_out.dtype == torch.float64
+    assert graph.nodes.shape == (2, 2) and graph.alias.shape == (2, 5) and graph.A_in.shape == (2, 2, 2)
+    nodes, alias, A_in, A_out = build_session_graph_numba(item_seq.numpy(), item_seq_len.numpy())
+    assert nodes.dtype == alias.dtype == np.int64 and A_in.dtype == A_out.dtype == np.float32
+
+
+def test_empty_sessions_and_rejects_bad_shapes() -> None:
+    item_seq = torch.zeros(2, 3, dtype=torch.long)
+    lengths = torch.zeros(2, dtype=torch.long)
+    for nodes, alias, A_in, _ in both_builders(item_seq, lengths):
+        assert nodes.shape == (2, 1) and not nodes.any() and not alias.any() and not A_in.any()
+    with pytest.raises(ValueError, match="item_seq_len"):
+        build_session_graph(item_seq, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="item_seq"):
+        build_session_graph(item_seq[0], lengths)
+    with pytest.raises(ValueError, match="item_seq_len"):
+        build_session_graph_numba(item_seq.numpy(), np.array([1, 4]))
+
+
+sessions_strategy = st.lists(
+    # A small item range makes repeats and consecutive repeats common.
+    st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=9),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(sessions=sessions_strategy, extra=st.integers(0, 3), fill=st.integers(0, 9))
+def test_builders_agree_with_reference(sessions: list[list[int]], extra: int, fill: int) -> None:
+    # ``fill`` puts junk after each session's length: positions past the length are padding.
+    item_seq, item_seq_len = pad_batch(sessions, extra=extra, fill=fill)
+    torch_graph, numba_graph = both_builders(item_seq, item_seq_len)
+    for part_torch, part_numba in zip(torch_graph, numba_graph, strict=True):
+        np.testing.assert_array_equal(part_torch, part_numba)
+    assert_matches_reference(torch_graph, sessions)
+
+
+@given(sessions=sessions_strategy, extra=st.integers(1, 4))
+def test_padding_and_batch_mates_do_not_change_a_graph(sessions: list[list[int]], extra: int) -> None:
+    batch = build_session_graph(*pad_batch(sessions, extra=extra))
+    for b, session in enumerate(sessions):
+        alone = build_session_graph(*pad_batch([session]))
+        n, length = alone.nodes.shape[1], len(session)
+        assert torch.equal(batch.nodes[b, :n], alone.nodes[0])
+        assert torch.equal(batch.alias[b, :length], alone.alias[0])
+        assert torch.equal(batch.A_in[b, :n, :n], alone.A_in[0])
+        assert torch.equal(batch.A_out[b, :n, :n], alone.A_out[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (64,), generator=generator)
+    item_seq = torch.randint(1, 20, (64, 30), generator=generator) * (torch.arange(30) < lengths[:, None])
+    cpu = build_session_graph(item_seq, lengths)
+    cuda = build_session_graph(item_seq.cuda(), lengths.cuda())
+    for part_cpu, part_cuda in zip(cpu, cuda, strict=True):
+        assert part_cuda.is_cuda
+        assert torch.equal(part_cpu, part_cuda.cpu())

@@ -1,0 +1,150 @@
+import pytest
+import torch
+from fakes import fake_intents, tiny_dataset
+
+from llm4sbr.kernels import use_backend
+from llm4sbr.models import LLM4SBR, SRGNN, SessionGraphEncoder
+
+N_ITEMS, D_TEXT = 23, 6
+
+
+def make_batch(lengths, L=None, n_items=N_ITEMS, seed=0, d_text=D_TEXT):
+    g = torch.Generator().manual_seed(seed)
+    L = L or max(lengths)
+    item_seq = torch.zeros(len(lengths), L, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        item_seq[b, :n] = torch.randint(1, n_items + 1, (n,), generator=g)
+    item_seq[0, 1] = item_seq[0, 0]  # a consecutive repeat
+    return {
+        "item_seq": item_seq,
+        "item_seq_len": torch.tensor(lengths),
+        "target": torch.randint(1, n_items + 1, (len(lengths),), generator=g),
+        "item_id": torch.randint(1, n_items + 1, (len(lengths),), generator=g),
+        "intent": torch.randn(len(lengths), 2, d_text, generator=g),
+    }
+
+
+def models(dtype=torch.float64):
+    torch.manual_seed(0)
+    return [SRGNN(N_ITEMS, dim=8).to(dtype), LLM4SBR(N_ITEMS, D_TEXT, dim=8).to(dtype)]
+
+
+@pytest.fixture(autouse=True)
+def reference_path():
+    with use_backend("torch"):
+        yield
+
+
+def test_encoder_shapes_and_local_is_last_click_state():
+    enc = SessionGraphEncoder(N_ITEMS, dim=8)
+    batch = make_batch([3, 1, 5])
+    local, global_ = enc(batch["item_seq"], batch["item_seq_len"])
+    assert local.shape == global_.shape == (3, 8)
+    # A length-1 session with "none" readout: global = e_1 * h_1 and local = h_1 are parallel.
+    cos = torch.nn.functional.cosine_similarity(local[1], global_[1], dim=0)
+    assert abs(abs(float(cos)) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("model_index", [0, 1])
+def test_outputs_and_every_parameter_gets_a_gradient(model_index):
+    model = models()[model_index]
+    batch = make_batch([3, 1, 5, 2])
+    batch["intent"] = batch["intent"].double()
+    scores = model.full_sort_predict(batch)
+    assert scores.shape == (4, N_ITEMS + 1)
+    assert torch.isneginf(scores[:, 0]).all()
+    picked = model.predict(batch)
+    assert torch.allclose(picked, scores.gather(1, batch["item_id"][:, None])[:, 0])
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} gets no gradient"
+
+
+@pytest.mark.parametrize("model_index", [0, 1])
+def test_extra_padding_never_changes_scores(model_index):
+    model = models()[model_index]
+    batch = make_batch([3, 1, 5])
+    batch["intent"] = batch["intent"].double()
+    padded = dict(batch, item_seq=torch.cat([batch["item_seq"], torch.zeros(3, 4, dtype=torch.long)], 1))
+    assert torch.allclose(model.full_sort_predict(batch), model.full_sort_predict(padded), atol=1e-12)
+
+
+@pytest.mark.parametrize("model_index", [0, 1])
+def test_triton_path_gives_the_reference_loss_and_gradients(model_index):
+    with use_backend("triton"):
+        model = models(torch.float32)[model_index]
+    batch = make_batch([3, 1, 4])
+    grads = {}
+    for backend in ("torch", "triton"):
+        model.zero_grad()
+        with use_backend(backend):
+            loss = model.calculate_loss(batch)
+            loss.backward()
+        grads[backend] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert torch.allclose(grads["torch"][0], grads["triton"][0], rtol=1e-5, atol=1e-6)
+    for name, g in grads["torch"][1].items():
+        assert torch.allclose(g, grads["triton"][1][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_llm4sbr_tau_zero_is_plain_cross_entropy():
+    model = models()[1]
+    batch = make_batch([3, 2])
+    batch["intent"] = batch["intent"].double()
+    with_au = model.calculate_loss(batch)
+    model.tau = 0.0
+    ce = torch.nn.functional.cross_entropy(model.full_sort_predict(batch)[:, 1:], batch["target"] - 1)
+    assert torch.allclose(model.calculate_loss(batch), ce)
+    assert not torch.allclose(with_au, ce)
+
+
+def test_concat_order_code_is_a_column_permutation_of_paper():
+    torch.manual_seed(1)
+    paper = LLM4SBR(N_ITEMS, D_TEXT, dim=8, concat_order="paper").double()
+    code = LLM4SBR(N_ITEMS, D_TEXT, dim=8, concat_order="code").double()
+    code.load_state_dict(paper.state_dict())
+    with torch.no_grad():
+        w = paper.linear_transform.weight
+        code.linear_transform.weight.copy_(torch.cat([w[:, 8:], w[:, :8]], dim=1))
+    batch = make_batch([4, 2])
+    batch["intent"] = batch["intent"].double()
+    assert torch.allclose(paper.full_sort_predict(batch), code.full_sort_predict(batch))
+
+
+def test_views_sum_doubles_the_auxiliary_term():
+    torch.manual_seed(2)
+    mean = LLM4SBR(N_ITEMS, D_TEXT, dim=8, reduce_views="mean").double()
+    total = LLM4SBR(N_ITEMS, D_TEXT, dim=8, reduce_views="sum").double()
+    total.load_state_dict(mean.state_dict())
+    batch = make_batch([4, 2, 3])
+    batch["intent"] = batch["intent"].double()
+    mean_aux = mean.calculate_loss(batch)
+    mean.tau = 0.0
+    ce = mean.calculate_loss(batch)
+    assert torch.allclose(total.calculate_loss(batch) - ce, 2 * (mean_aux - ce))
+
+
+def test_llm4sbr_rejects_missing_or_misshapen_intents():
+    model = models()[1]
+    batch = make_batch([2, 2])
+    with pytest.raises(ValueError, match="intent"):
+        model.full_sort_predict({k: v for k, v in batch.items() if k != "intent"})
+    with pytest.raises(ValueError, match=r"\[B, 2, 6\]"):
+        model.full_sort_predict(dict(batch, intent=torch.randn(2, 2, 5, dtype=torch.float64)))
+
+
+def test_intents_change_llm4sbr_scores_but_srgnn_ignores_them():
+    srgnn, llm = models()
+    batch = make_batch([3, 4])
+    batch["intent"] = batch["intent"].double()
+    other = dict(batch, intent=batch["intent"] + 1.0)
+    assert torch.equal(srgnn.full_sort_predict(batch), srgnn.full_sort_predict(other))
+    assert not torch.allclose(llm.full_sort_predict(batch), llm.full_sort_predict(other))
+
+
+def test_fake_intents_cover_every_sample():
+    ds = tiny_dataset()
+    vectors, ids = fake_intents(ds)
+    assert vectors.shape == (sum(len(s) for s in ds.splits.values()), 2, 12)
+    assert len(set(ids.tolist())) == len(ids)

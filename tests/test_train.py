@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from fakes import fake_intents, tiny_dataset
+
+import llm4sbr.train as train_module
+from llm4sbr.checkpoint import load_checkpoint
+from llm4sbr.config import TrainConfig
+from llm4sbr.kernels import use_backend
+from llm4sbr.train import IntentLookup, evaluate, load_trained, train
+
+
+@pytest.fixture(autouse=True)
+def reference_path():
+    with use_backend("torch"):
+        yield
+
+
+def config(**kw):
+    base = dict(data="tiny", dim=8, epochs=3, batch_size=8, eval_batch_size=16, patience=5, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def write_intents(tmp_path, dataset, keep=None):
+    from llm4sbr.intent import save_intents
+
+    vectors, ids = fake_intents(dataset)
+    if keep is not None:
+        vectors, ids = vectors[keep], ids[keep]
+    out = tmp_path / "intents"
+    save_intents(out, vectors, ids, meta={"backend": "fake-for-tests"})
+    return out
+
+
+def test_srgnn_trains_selects_on_validation_and_tests_once(tmp_path, monkeypatch):
+    ds = tiny_dataset()
+    calls = []
+    real_evaluate = train_module.evaluate
+
+    def spy(model, samples, **kw):
+        calls.append(kw.get("desc"))
+        return real_evaluate(model, samples, **kw)
+
+    monkeypatch.setattr(train_module, "evaluate", spy)
+    result = train(config(), tmp_path / "run", dataset=ds, progress=False)
+    assert calls == ["valid", "valid", "valid", "test"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    best = max(log, key=lambda r: r["valid"]["mrr@20"])
+    assert result.best_epoch == best["epoch"]
+    assert result.valid == best["valid"]
+    assert set(result.test) >= {"hit@20", "mrr@20", "ndcg@20"}
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["test"] == result.test
+    # best.pt loads with weights_only and reproduces the test metrics.
+    model, cfg, _ = load_trained(tmp_path / "run" / "best.pt")
+    assert evaluate(model, ds.splits["test"], batch_size=16) == pytest.approx(result.test)
+
+
+def test_early_stopping_on_patience(tmp_path, monkeypatch):
+    flat = {f"{m}@{k}": 0.5 for m in ("hit", "mrr", "ndcg") for k in (5, 10, 20)}
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: dict(flat))
+    result = train(config(epochs=10, patience=2), tmp_path / "run", dataset=tiny_dataset(), progress=False)
+    assert result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    ds = tiny_dataset()
+    full = train(config(), tmp_path / "full", dataset=ds, progress=False)
+
+    real_evaluate = train_module.evaluate
+    seen = []
+
+    def crash_on_second_validation(model, samples, **kw):
+        seen.append(kw.get("desc"))
+        if seen.count("valid") == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(model, samples, **kw)
+
+    monkeypatch.setattr(train_module, "evaluate", crash_on_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), tmp_path / "cut", dataset=ds, progress=False)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    with pytest.raises(FileExistsError, match="resume"):
+        train(config(), tmp_path / "cut", dataset=ds, progress=False)
+    resumed = train(config(), tmp_path / "cut", dataset=ds, resume=True, progress=False)
+    assert resumed.test == full.test and resumed.best_epoch == full.best_epoch
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    ds = tiny_dataset()
+    train(config(epochs=1), tmp_path / "run", dataset=ds, progress=False)
+    with pytest.raises(ValueError, match="differs"):
+        train(config(epochs=1, lr=0.01), tmp_path / "run", dataset=ds, resume=True, progress=False)
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_trained(path)
+    with pytest.raises(FileNotFoundError):
+        load_trained(tmp_path / "missing.pt")
+
+
+def test_llm4sbr_trains_with_intents(tmp_path):
+    ds = tiny_dataset()
+    intents = write_intents(tmp_path, ds)
+    result = train(config(model="llm4sbr", intents=str(intents), epochs=2), tmp_path / "run", dataset=ds, progress=False)
+    assert 0.0 <= result.test["hit@20"] <= 1.0
+    model, cfg, _ = load_trained(tmp_path / "run" / "best.pt")
+    assert cfg.model == "llm4sbr" and model.d_text == 12
+
+
+def test_llm4sbr_without_intents_or_with_missing_samples_fails_clearly(tmp_path):
+    ds = tiny_dataset()
+    with pytest.raises(ValueError, match="--intents"):
+        train(config(model="llm4sbr"), tmp_path / "a", dataset=ds, progress=False)
+    partial = write_intents(tmp_path, ds, keep=np.arange(10))
+    with pytest.raises(ValueError, match="cover 10 of"):
+        train(config(model="llm4sbr", intents=str(partial)), tmp_path / "b", dataset=ds, progress=False)
+
+
+def test_intent_lookup_gathers_by_sample_id_not_row_order():
+    ds = tiny_dataset()
+    vectors, ids = fake_intents(ds)
+    perm = np.random.default_rng(0).permutation(len(ids))
+    lookup = IntentLookup(vectors[perm], ids[perm], ds)
+    sample = torch.tensor([ids[3], ids[0]])
+    assert torch.equal(lookup(sample), torch.from_numpy(vectors[[3, 0]]))
