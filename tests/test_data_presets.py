@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,7 @@ def check_contract(dataset: SessionDataset) -> None:
             assert split.items.min() >= 1 and split.items.max() <= dataset.n_items
             assert split.targets.min() >= 1 and split.targets.max() <= dataset.n_items
     assert dataset.meta["samples"] == {name: len(split) for name, split in dataset.splits.items()}
+    json.dumps(dataset.meta)  # checkpoints store it
 
 
 def test_key_rank_numeric_for_digits() -> None:

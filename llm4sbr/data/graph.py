@@ -64,10 +64,10 @@ def build_session_graph(
     nodes.scatter_(1, torch.where(starts_run, rank, length), sorted_items)
     nodes = nodes[:, :n_nodes].contiguous()
 
-    # ``order`` is a permutation per row, so scattering the ranks back inverts the sort.
+    # ``order`` is a permutation per row, so scattering the ranks back inverts the sort; padding
+    # (rank -1) gets node 0.
     alias = torch.zeros(batch, length, dtype=torch.long, device=device)
     alias.scatter_(1, order, rank.clamp(min=0))
-    alias = torch.where(valid, alias, 0)
 
     # Edges as keys u * N + v; sorting them per row puts repeats of a pair next to each other.
     slots = n_nodes * n_nodes

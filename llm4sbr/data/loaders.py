@@ -64,16 +64,23 @@ def _column_index(header: list[str], names: tuple[str, ...], path: Path) -> int:
     raise ValueError(f"{path}: missing required column {wanted} (header: {header})")
 
 
-def _interactions(sessions: list[str], items: list[str], timestamps: list[str], path: Path) -> Interactions:
+def _interactions(rows: list[list[str]], key: int, item: int, time: int, path: Path) -> Interactions:
+    """Interactions from the text rows of ``path``, taking the given column positions."""
+    width = max(key, item, time) + 1
+    short = next((i for i, row in enumerate(rows) if len(row) < width), None)
+    if short is not None:
+        raise ValueError(
+            f"{path}: data row {short + 1} has {len(rows[short])} fields, expected at least {width}"
+        )
     try:
-        timestamp = np.asarray(timestamps, dtype=np.float64)
+        timestamp = np.asarray([row[time] for row in rows], dtype=np.float64)
     except ValueError as err:
         raise ValueError(f"{path}: timestamps must be numbers (seconds): {err}") from None
     return Interactions(
-        session=np.asarray(sessions, dtype=str),
-        item=np.asarray(items, dtype=str),
+        session=np.asarray([row[key] for row in rows], dtype=str),
+        item=np.asarray([row[item] for row in rows], dtype=str),
         timestamp=timestamp,
-        row=np.arange(len(items), dtype=np.int64),
+        row=np.arange(len(rows), dtype=np.int64),
         name=path.stem,
     )
 
@@ -102,15 +109,7 @@ def read_recbole_inter(path: str | os.PathLike) -> Interactions:
     key = _column_index(header, ("session_id", "user_id"), path)
     item = _column_index(header, ("item_id",), path)
     time = _column_index(header, ("timestamp",), path)
-    width = max(key, item, time) + 1
-    short = next((i for i, row in enumerate(rows) if len(row) < width), None)
-    if short is not None:
-        raise ValueError(
-            f"{path}: data row {short + 1} has {len(rows[short])} fields, expected {len(header)}"
-        )
-    return _interactions(
-        [row[key] for row in rows], [row[item] for row in rows], [row[time] for row in rows], path
-    )
+    return _interactions(rows, key, item, time, path)
 
 
 def _movielens_name(title: str, year: str, genres: str) -> str:
@@ -163,9 +162,7 @@ def read_csv_interactions(path: str | os.PathLike) -> Interactions:
         item = _column_index(header, ("item_id",), path)
         time = _column_index(header, ("timestamp",), path)
         rows = [row for row in reader if row]
-    return _interactions(
-        [row[key] for row in rows], [row[item] for row in rows], [row[time] for row in rows], path
-    )
+    return _interactions(rows, key, item, time, path)
 
 
 def read_srgnn_pickle(path: str | os.PathLike) -> tuple[list[list[int]], list[int]]:

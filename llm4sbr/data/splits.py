@@ -73,7 +73,7 @@ def carve_valid(
     unique_groups = np.unique(groups)
     n_valid = int(round(valid_fraction * len(unique_groups)))
     chosen = np.random.default_rng(seed).permutation(unique_groups)[:n_valid]
-    in_valid = np.isin(np.arange(len(groups)), chosen)
+    in_valid = np.isin(groups, chosen)
     return take(samples, np.flatnonzero(~in_valid)), take(samples, np.flatnonzero(in_valid))
 
 
