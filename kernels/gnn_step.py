@@ -77,7 +77,7 @@ def _matmul_tile(
         ).to(acc_dtype)
         rhs = tl.load(
             rhs_ptr + offs_k[:, None] * rhs_stride_k + offs_n[None, :] * rhs_stride_n,
-            mask=mask_n[None, :],
+            mask=mask_k[:, None] & mask_n[None, :],
             other=0.0,
         ).to(acc_dtype)
         # Operands are upcast before the dot: the per-session products are small, so fp32 costs

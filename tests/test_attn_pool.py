@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 from budget import assert_within_budget
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llm4sbr.kernels import attn_pool, attn_pool_ref, use_backend
 
 attn_pool_module = importlib.import_module("llm4sbr.kernels.attn_pool")
@@ -44,7 +46,7 @@ def cast(inputs: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch
 
 
 def run(
-    fn, inputs: dict[str, torch.Tensor], normalize: str, grad_out: torch.Tensor
+    fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], normalize: str, grad_out: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward ``fn`` on fresh leaves of ``inputs`` and backpropagate ``grad_out`` ([B, d]).
 
@@ -65,7 +67,7 @@ def within_budget(
     assert_within_budget(name, kernel, ref_low, ref64, atol=rel * max(1.0, ref64.abs().max().item()))
 
 
-def triton_attn_pool(*args) -> torch.Tensor:
+def triton_attn_pool(*args: object) -> torch.Tensor:
     with use_backend("triton"):
         return attn_pool(*args)
 
@@ -98,6 +100,25 @@ def test_forward_and_gradients_within_budget(B, L, d, empty_rows, normalize):
     within_budget("out", out_k, out_32, out_64, rel=2e-6)
     for name in GRAD_NAMES:
         assert grads_k[name].dtype == torch.float32
+        within_budget(f"d{name}", grads_k[name], grads_32[name], grads_64[name], rel=2e-6)
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+@pytest.mark.parametrize(("B", "L", "d"), [(3, 19, 7), (2, 50, 13)])
+def test_many_tiles_over_L_within_budget(monkeypatch, B, L, d, normalize):
+    # Tiles of 4 positions: the online softmax rescales across tiles, and row 0 starts with
+    # whole tiles of padding (its running max is still -inf there).
+    monkeypatch.setattr(attn_pool_module, "_TILE_ELEMS", 64)
+    assert attn_pool_module._tiles(L, d)[0] == 4
+    inputs = make_inputs(B, L, d, seed=L + d, empty_rows=(1,))
+    inputs["mask"][0, :9] = False
+    inputs["mask"][0, 9:] = True
+    grad_out = grad_output(B, d, seed=d)
+    out_k, grads_k = run(triton_attn_pool, inputs, normalize, grad_out)
+    out_32, grads_32 = run(attn_pool_ref, inputs, normalize, grad_out)
+    out_64, grads_64 = run(attn_pool_ref, cast(inputs, torch.float64), normalize, grad_out.double())
+    within_budget("out", out_k, out_32, out_64, rel=2e-6)
+    for name in GRAD_NAMES:
         within_budget(f"d{name}", grads_k[name], grads_32[name], grads_64[name], rel=2e-6)
 
 
