@@ -1,9 +1,9 @@
 """The ``llm4sbr`` command: a thin layer over the Python API.
 
-    llm4sbr train --model srgnn --data ml-100k          train + validate + test one model
-    llm4sbr evaluate --checkpoint runs/x/best.pt        re-evaluate a checkpoint
-    llm4sbr infer-intents --data ml-100k --out DIR      stage 1: LLM intents -> intents.npy
-    llm4sbr run --data ml-100k                          stage 1 + SRGNN + LLM4SBR + comparison table
+llm4sbr train --model srgnn --data ml-100k          train + validate + test one model
+llm4sbr evaluate --checkpoint runs/x/best.pt        re-evaluate a checkpoint
+llm4sbr infer-intents --data ml-100k --out DIR      stage 1: LLM intents -> intents.npy
+llm4sbr run --data ml-100k                          stage 1 + SRGNN + LLM4SBR + comparison table
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def _flag_type(annotation: Any):
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     kind = args[0]
     if kind is bool:
-        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[s.lower()]
+        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[
+            s.lower()
+        ]
     return kind
 
 
@@ -58,19 +60,64 @@ def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str] = MET
     """Markdown table of metrics in percent, one row per model."""
     head = "| model | " + " | ".join(columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
-    body = [f"| {name} | " + " | ".join(f"{100 * m[c]:.2f}" for c in columns) + " |" for name, m in rows.items()]
+    body = [
+        f"| {name} | " + " | ".join(f"{100 * m[c]:.2f}" for c in columns) + " |" for name, m in rows.items()
+    ]
     return "\n".join([head, rule, *body])
+
+
+def format_mean_std(runs: list[dict[str, float]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
+    """One markdown row per metric: mean +- sample std over runs, in percent."""
+    import statistics
+
+    lines = ["| metric | mean | std |", "|---|---:|---:|"]
+    for c in columns:
+        values = [100 * r[c] for r in runs]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {c} | {statistics.fmean(values):.2f} | {std:.2f} |")
+    return "\n".join(lines)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from llm4sbr.train import train
 
     config = config_from_args(TrainConfig, args)
+    if args.seeds:
+        return _train_seeds(config, args)
     out = Path(args.out or f"runs/{config.model}-{Path(config.data).name}-seed{config.seed}")
     result = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"best epoch {result.best_epoch} of {result.epochs_run} (selected on validation {config.select_metric})")
+    print(
+        f"best epoch {result.best_epoch} of {result.epochs_run} "
+        f"(selected on validation {config.select_metric})"
+    )
     print(format_table({f"{config.model} valid": result.valid, f"{config.model} test": result.test}))
     print(f"checkpoint: {out / 'best.pt'}")
+    return 0
+
+
+def _train_seeds(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Train one run per seed into <out>/seed<S>, then report test mean +- std over the seeds."""
+    from llm4sbr.data import load_dataset
+    from llm4sbr.train import train
+
+    out = Path(args.out or f"runs/{config.model}-{Path(config.data).name}-seeds")
+    runs = []
+    for seed in args.seeds:
+        seeded = dataclasses.replace(config, seed=seed)
+        dataset = load_dataset(seeded.data, seeded.preset, seed=seed, valid_fraction=seeded.valid_fraction)
+        result = train(seeded, out / f"seed{seed}", dataset=dataset, resume=True, progress=not args.quiet)
+        print(f"seed {seed}: best epoch {result.best_epoch}, test hit@20 {100 * result.test['hit@20']:.2f}")
+        runs.append({"seed": seed, **dataclasses.asdict(result)})
+    table = format_mean_std([r["test"] for r in runs])
+    (out / "summary.json").write_text(
+        json.dumps({"config": dataclasses.asdict(config), "runs": runs}, indent=2)
+    )
+    (out / "summary.md").write_text(table + "\n")
+    n_test = len(dataset.splits["test"])
+    print(
+        f"\n{config.model} on {config.data}: test metrics (%) over seeds {args.seeds}, {n_test} test samples"
+    )
+    print(table)
     return 0
 
 
@@ -91,7 +138,66 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=device,
         progress=not args.quiet,
     )
-    print(json.dumps(metrics, indent=2) if args.json else format_table({f"{config.model} {args.split}": metrics}))
+    print(
+        json.dumps(metrics, indent=2)
+        if args.json
+        else format_table({f"{config.model} {args.split}": metrics})
+    )
+    return 0
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="ml-100k", help="'ml-100k' (bundled) or a path (default: ml-100k)")
+    parser.add_argument("--preset", help="movielens | amazon | srgnn | leave-one-out (default: by source)")
+
+
+def _cmd_infer_intents(args: argparse.Namespace) -> int:
+    from llm4sbr.data import load_dataset
+    from llm4sbr.intent import config_from_args as intent_config
+    from llm4sbr.intent import infer_intents
+
+    dataset = load_dataset(args.data, args.preset)
+    result = infer_intents(dataset, intent_config(args), args.out, progress=not args.quiet)
+    timing, counts = result.meta["timing"], result.meta["counts"]
+    print(
+        f"wrote {result.out_dir}/intents.npy {list(result.vectors.shape)}: {counts['generated']} prompts "
+        f"generated, {counts['from_cache']} from cache, {timing['prompts_per_s']} prompts/s"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from llm4sbr.data import load_dataset
+    from llm4sbr.intent import config_from_args as intent_config
+    from llm4sbr.intent import infer_intents
+    from llm4sbr.train import train
+
+    out = Path(args.out or f"runs/{Path(args.data).name}")
+    dataset = load_dataset(args.data, args.preset)
+    print(f"[1/3] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")
+    intents = infer_intents(dataset, intent_config(args), out / "intents", progress=not args.quiet)
+    base = load_yaml(TrainConfig, args.train_config) if args.train_config else TrainConfig()
+    rows, results = {}, {}
+    for step, model in enumerate(("srgnn", "llm4sbr"), start=2):
+        config = dataclasses.replace(
+            base,
+            data=args.data,
+            preset=args.preset,
+            model=model,
+            epochs=args.epochs or base.epochs,
+            seed=args.seed,
+            intents=str(intents.out_dir) if model == "llm4sbr" else None,
+        )
+        print(f"[{step}/3] training {model} -> {out / model}")
+        result = train(config, out / model, dataset=dataset, resume=True, progress=not args.quiet)
+        rows[f"{model} (test)"] = result.test
+        results[model] = dataclasses.asdict(result)
+    table = format_table(rows)
+    summary = {"intents": intents.meta, "results": results}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "summary.md").write_text(table + "\n")
+    print(f"\ntest metrics (%), {len(dataset.splits['test'])} test samples, selected on validation:")
+    print(table)
     return 0
 
 
@@ -108,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="start over even if --out holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", help="train once per seed (resumable) and report test mean +- std"
+    )
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
@@ -118,6 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    from llm4sbr.intent import add_arguments as add_intent_flags
+
+    p = sub.add_parser("infer-intents", help="stage 1: LLM intents for every sample -> intents.npy")
+    _add_data_flags(p)
+    p.add_argument("--out", required=True, help="output folder (intents.npy, sample_ids.npy, meta.json)")
+    p.add_argument("--quiet", action="store_true")
+    add_intent_flags(p)
+    p.set_defaults(func=_cmd_infer_intents)
+
+    p = sub.add_parser(
+        "run",
+        help="the whole method: intents (cached) -> SRGNN and LLM4SBR -> test comparison table",
+        description="Stage 1 then stage 2 for both models; rerunning resumes where it stopped.",
+    )
+    _add_data_flags(p)
+    p.add_argument("--out", help="run folder (default: runs/<data>)")
+    p.add_argument("--epochs", type=int, help="max training epochs (default: 30, or --train-config)")
+    p.add_argument("--train-config", help="YAML of TrainConfig keys for both models")
+    p.add_argument("--quiet", action="store_true")
+    add_intent_flags(p)
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

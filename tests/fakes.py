@@ -23,7 +23,7 @@ def tiny_dataset(n_items: int = 30, n_sessions: int = 60, max_len: int = 8, seed
     cuts = [(0, n_train), (n_train, n_train + n_valid), (n_train + n_valid, n_sessions)]
     splits = {
         name: SampleSet.from_lists(prefixes[a:b], targets[a:b], np.arange(a, b))
-        for name, (a, b) in zip(("train", "valid", "test"), cuts)
+        for name, (a, b) in zip(("train", "valid", "test"), cuts, strict=True)
     }
     raw = ["[PAD]"] + [f"raw{i}" for i in range(1, n_items + 1)]
     names = [""] + [f"Item {i}" for i in range(1, n_items + 1)]

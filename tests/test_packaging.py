@@ -19,7 +19,11 @@ def run_without(blocked, code):
     )
     env = {"PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "0"}
     return subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -58,7 +62,8 @@ def test_forcing_triton_on_cpu_without_the_interpreter_raises():
         import torch
         from llm4sbr.kernels import attn_pool, use_backend
         h = torch.randn(1, 2, 3)
-        args = (h, torch.ones(1, 2, dtype=torch.bool), torch.randn(1, 3), torch.randn(3, 3), torch.randn(3), torch.randn(3))
+        mask = torch.ones(1, 2, dtype=torch.bool)
+        args = (h, mask, torch.randn(1, 3), torch.randn(3, 3), torch.randn(3), torch.randn(3))
         try:
             with use_backend("triton"):
                 attn_pool(*args)

@@ -30,7 +30,8 @@ class SampleSet:
         n = len(self.targets)
         if self.offsets.shape != (n + 1,) or len(self.sample_ids) != n:
             raise ValueError(
-                f"inconsistent SampleSet: {n} targets, {len(self.offsets)} offsets, {len(self.sample_ids)} ids"
+                f"inconsistent SampleSet: {n} targets, {len(self.offsets)} offsets, "
+                f"{len(self.sample_ids)} ids"
             )
         if n and (np.diff(self.offsets) <= 0).any():
             raise ValueError("every sample needs a non-empty prefix")
@@ -54,12 +55,22 @@ class SampleSet:
         return SampleSet(offsets, items.astype(np.int64), self.targets[index], self.sample_ids[index])
 
     @classmethod
-    def from_lists(cls, prefixes: list, targets: list, sample_ids: list | np.ndarray | None = None) -> SampleSet:
+    def from_lists(
+        cls, prefixes: list, targets: list, sample_ids: list | np.ndarray | None = None
+    ) -> SampleSet:
         lens = np.array([len(p) for p in prefixes], dtype=np.int64)
         offsets = np.zeros(len(prefixes) + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
-        items = np.concatenate([np.asarray(p, dtype=np.int64) for p in prefixes]) if prefixes else np.zeros(0, np.int64)
-        ids = np.arange(len(targets), dtype=np.int64) if sample_ids is None else np.asarray(sample_ids, np.int64)
+        items = (
+            np.concatenate([np.asarray(p, dtype=np.int64) for p in prefixes])
+            if prefixes
+            else np.zeros(0, np.int64)
+        )
+        ids = (
+            np.arange(len(targets), dtype=np.int64)
+            if sample_ids is None
+            else np.asarray(sample_ids, np.int64)
+        )
         return cls(offsets, items, np.asarray(targets, dtype=np.int64), ids)
 
 

@@ -1,10 +1,10 @@
 """LLM4SBR (paper-spec 3): SR-GNN views gated by projected LLM intents, aligned with DirectAU.
 
-    z_lt = T e_lt + b_T ,  z_st = T e_st + b_T          (one T shared by both views, 3.2)
-    alpha_lt = Q1^T sigmoid(global + z_lt)               (unbounded scalar gates, 3.4)
-    alpha_st = Q2^T sigmoid(local + z_st)
-    session  = W [local * alpha_st ; global * alpha_lt] + b    ("paper" order; "code" puts global first)
-    loss     = CE + tau * AU([global, local], [z_lt, z_st])    (views averaged: paper; "sum": code)
+z_lt = T e_lt + b_T ,  z_st = T e_st + b_T          (one T shared by both views, 3.2)
+alpha_lt = Q1^T sigmoid(global + z_lt)               (unbounded scalar gates, 3.4)
+alpha_st = Q2^T sigmoid(local + z_st)
+session  = W [local * alpha_st ; global * alpha_lt] + b    ("paper" order; "code" puts global first)
+loss     = CE + tau * AU([global, local], [z_lt, z_st])    (views averaged: paper; "sum": code)
 """
 
 from __future__ import annotations
