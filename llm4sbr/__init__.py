@@ -5,3 +5,12 @@ imported lazily by the features that use them.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``llm4sbr.Recommender`` is imported on first access, so ``import llm4sbr`` stays light."""
+    if name == "Recommender":
+        from llm4sbr.serve import Recommender
+
+        return Recommender
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

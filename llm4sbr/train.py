@@ -1,27 +1,52 @@
 """Stage-2 training: Adam + StepLR, early stopping and model selection on the VALIDATION split,
 then one evaluation of the selected checkpoint on test. Interrupted runs resume from
-``last.pt``; every epoch appends a line to ``metrics.jsonl``."""
+``last.pt``; every epoch appends a line to ``metrics.jsonl``.
+
+Under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1 in the environment) :func:`train` runs
+DistributedDataParallel: gloo on CPU, nccl on CUDA (one GPU per process, ``cuda:LOCAL_RANK``).
+``config.batch_size`` stays the global batch: every rank takes its share of each global batch
+of the same seeded per-epoch permutation, with loss weights that make the averaged gradient the
+gradient of the global batch's mean loss, so an SRGNN run follows the single-process run up to
+floating-point rounding (LLM4SBR's uniformity term is computed per rank, over its share of the
+batch). Validation and test are split across ranks and their target ranks all-gathered, so
+every sample counts exactly once. Only rank 0 writes files; every rank reads best.pt (and
+last.pt when resuming) from ``out_dir``, which must be on a filesystem all ranks see.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from llm4sbr.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from llm4sbr.config import TrainConfig, from_dict
-from llm4sbr.data import SampleSet, SessionDataset, load_dataset, make_loader
-from llm4sbr.metrics import RankAccumulator
+from llm4sbr.data import (
+    EpochShuffleSampler,
+    SampleDataset,
+    SampleSet,
+    SessionDataset,
+    collate_sessions,
+    load_dataset,
+    make_loader,
+)
+from llm4sbr.metrics import RankAccumulator, metrics_from_ranks
 from llm4sbr.models import LLM4SBR, SRGNN
 
 LAST, BEST, LOG, RESULT = "last.pt", "best.pt", "metrics.jsonl", "result.json"
@@ -70,6 +95,64 @@ class TrainResult:
     epoch_seconds: list[float] = field(default_factory=list)
     peak_memory_mib: float = 0.0
     out_dir: str = ""
+
+
+class DistributedEnv(NamedTuple):
+    """This process's place in a torchrun job; (0, 1, 0) for a plain single-process run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def distributed_env() -> DistributedEnv:
+    """Read torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment."""
+    env = os.environ
+    return DistributedEnv(
+        int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+    )
+
+
+@contextlib.contextmanager
+def _process_group(device: torch.device) -> Iterator[DistributedEnv]:
+    """Join torchrun's process group for one training run (a no-op for a single process) and
+    leave it afterwards if this run created it; a group the caller initialised is used as is."""
+    env = distributed_env()
+    created = env.world_size > 1 and not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        env = DistributedEnv(dist.get_rank(), dist.get_world_size(), env.local_rank)
+    try:
+        yield env
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def shard_batches(
+    n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[tuple[np.ndarray, float]]:
+    """This rank's share of every global batch of one epoch, as (sample positions, loss weight).
+
+    The epoch order is the permutation ``make_loader(..., shuffle=True, seed=seed)`` draws, cut
+    into global batches of ``batch_size``. Global batch g (n_g samples) is split into
+    ``world_size`` near-equal parts and rank r takes part r (n_r samples) with weight
+    ``n_r * world_size / n_g``: DDP averages the ranks' gradients, so the weighted per-rank
+    mean losses give the gradient of the global batch's mean loss. A rank whose part is empty
+    (a last batch smaller than ``world_size``) reuses the batch's first sample with weight 0,
+    so every rank takes every optimizer step. With one process: make_loader's batches, weight 1.
+    """
+    order = np.fromiter(iter(EpochShuffleSampler(n, seed)), dtype=np.int64, count=n)
+    shares = []
+    for start in range(0, n, batch_size):
+        batch = order[start : start + batch_size]
+        part = np.array_split(batch, world_size)[rank]
+        if len(part):
+            shares.append((part, len(part) * world_size / len(batch)))
+        else:
+            shares.append((batch[:1], 0.0))
+    return shares
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,6 +207,16 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
 
 
+def _all_gather_ranks(local: torch.Tensor, sizes: list[int], device: torch.device) -> torch.Tensor:
+    """Concatenate every rank's target ranks in rank order; ``sizes[r]`` is rank r's count
+    (all_gather needs equal shapes, so each part is padded to the largest and cut back)."""
+    padded = torch.zeros(max(sizes), dtype=torch.long, device=device)
+    padded[: len(local)] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)]).cpu()
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -135,16 +228,39 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "eval",
+    distributed: bool = False,
 ) -> dict[str, float]:
-    """Full-ranking hit/mrr/ndcg@{5,10,20} over every sample of ``samples``."""
+    """Full-ranking hit/mrr/ndcg@{5,10,20} over every sample of ``samples``.
+
+    With ``distributed`` (inside an initialised process group, called on every rank) each rank
+    ranks a contiguous 1/world_size of the samples and the ranks are all-gathered, so every
+    sample counts exactly once; every rank returns the same metrics.
+    """
     device = torch.device(device)
     model.eval()
+    if distributed:
+        parts = np.array_split(np.arange(len(samples)), dist.get_world_size())
+        samples = samples.subset(parts[dist.get_rank()])
     acc = RankAccumulator()
     loader = make_loader(samples, batch_size=batch_size, shuffle=False, max_len=max_len)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         batch = _to_device(batch, device, intents)
         acc.add(model.full_sort_predict(batch).float(), batch["target"])
-    return acc.compute()
+    if not distributed:
+        return acc.compute()
+    return metrics_from_ranks(_all_gather_ranks(acc.ranks, [len(p) for p in parts], device))
+
+
+class _LossOf(nn.Module):
+    """``model.calculate_loss`` as ``forward``: DistributedDataParallel synchronises gradients
+    only for what runs through the wrapped module's forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.calculate_loss(batch)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -161,20 +277,46 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train ``config.model``, select the epoch with the best validation ``config.select_metric``,
-    evaluate it once on test. Writes last.pt, best.pt, metrics.jsonl and result.json in ``out_dir``."""
-    out = Path(out_dir)
+    evaluate it once on test. Writes last.pt, best.pt, metrics.jsonl and result.json in ``out_dir``.
+
+    Launched by torchrun with several processes, trains with DistributedDataParallel (see the
+    module doc); every rank returns the same result."""
+    device = resolve_device(config.device)
+    if device.type == "cuda" and distributed_env().world_size > 1:
+        device = torch.device("cuda", distributed_env().local_rank)
+        torch.cuda.set_device(device)
+    with _process_group(device) as env:
+        return _train(config, Path(out_dir), device, env, dataset, resume, overwrite, progress)
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    device: torch.device,
+    env: DistributedEnv,
+    dataset: SessionDataset | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+) -> TrainResult:
     if (out / LAST).exists() and not (resume or overwrite):
         raise FileExistsError(f"{out} already holds a run: pass resume=True (--resume) or overwrite=True")
-    out.mkdir(parents=True, exist_ok=True)
+    main_process = env.rank == 0
+    progress = progress and main_process
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
     if dataset is None:
-        dataset = load_dataset(config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction)
+        dataset = load_dataset(
+            config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction
+        )
     for split in ("train", "valid", "test"):
         if split not in dataset.splits or len(dataset.splits[split]) == 0:
             raise ValueError(f"dataset {dataset.name!r} has no {split!r} samples")
-    intents = IntentLookup.load(config.intents, dataset) if config.model == "llm4sbr" and config.intents else None
+    intents = (
+        IntentLookup.load(config.intents, dataset) if config.model == "llm4sbr" and config.intents else None
+    )
     torch.manual_seed(config.seed)
     model = build_model(config, dataset.n_items, intents.d_text if intents else None).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.l2)
@@ -198,34 +340,42 @@ def train(
     common["d_text"] = intents.d_text if intents else 0
     common["items"] = json.dumps(dataset.item_raw_ids)
     train_set = dataset.splits["train"]
+    distributed = env.world_size > 1
+    batch_loss = _LossOf(model)
+    if distributed:
+        batch_loss = DistributedDataParallel(
+            batch_loss, device_ids=[device.index] if device.type == "cuda" else None
+        )
     epoch_seconds = [h["seconds"] for h in state["history"]]
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"]
         model.train()
-        loader = make_loader(
-            train_set,
-            batch_size=config.batch_size,
-            shuffle=True,
-            seed=config.seed * 100_003 + epoch,
-            max_len=config.max_len,
+        shares = shard_batches(
+            len(train_set), config.batch_size, config.seed * 100_003 + epoch, env.rank, env.world_size
+        )
+        loader = DataLoader(
+            SampleDataset(train_set, config.max_len),
+            batch_sampler=[positions.tolist() for positions, _ in shares],
             num_workers=config.num_workers,
+            collate_fn=collate_sessions,
         )
         start = time.perf_counter()
-        total, count = torch.zeros((), device=device), 0
+        total = torch.zeros((), device=device)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for step, batch in enumerate(bar):
+        for step, (batch, (_, weight)) in enumerate(zip(bar, shares, strict=True)):
             batch = _to_device(batch, device, intents)
             with _autocast(config, device):
-                loss = model.calculate_loss(batch)
+                loss = batch_loss(batch) * weight
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach()
-            count += 1
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         scheduler.step()
-        train_loss = float(total) / max(count, 1)
+        if distributed:
+            dist.all_reduce(total)
+        train_loss = float(total) / env.world_size / max(len(shares), 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch + 1}")
         seconds = time.perf_counter() - start
@@ -238,12 +388,16 @@ def train(
             device=device,
             progress=progress,
             desc="valid",
+            distributed=distributed,
         )
         score = valid[config.select_metric]
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            save_checkpoint(out / BEST, {**common, "model": model.state_dict(), "epoch": epoch, "valid": valid})
+            if main_process:
+                save_checkpoint(
+                    out / BEST, {**common, "model": model.state_dict(), "epoch": epoch, "valid": valid}
+                )
         else:
             state["bad_epochs"] += 1
         record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, "valid": valid}
@@ -251,25 +405,28 @@ def train(
         state["history"].append(record)
         epoch_seconds.append(seconds)
         state["epoch"] = epoch + 1
-        save_checkpoint(
-            out / LAST,
-            {
-                **common,
-                **{k: state[k] for k in ("epoch", "best_score", "best_epoch", "bad_epochs")},
-                "history": json.dumps(state["history"]),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-            },
-        )
-        atomic_write_text(out / LOG, "".join(json.dumps(h) + "\n" for h in state["history"]))
+        if main_process:
+            save_checkpoint(
+                out / LAST,
+                {
+                    **common,
+                    **{k: state[k] for k in ("epoch", "best_score", "best_epoch", "bad_epochs")},
+                    "history": json.dumps(state["history"]),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                },
+            )
+            atomic_write_text(out / LOG, "".join(json.dumps(h) + "\n" for h in state["history"]))
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}: loss {train_loss:.4f}  valid {config.select_metric} {score:.4f}"
                 f"{'  *' if improved else ''}  ({seconds:.1f} s)"
             )
 
+    if distributed:
+        dist.barrier()
     best = load_checkpoint(out / BEST, map_location=device)
     model.load_state_dict(best["model"])
     test = evaluate(
@@ -281,6 +438,7 @@ def train(
         device=device,
         progress=progress,
         desc="test",
+        distributed=distributed,
     )
     result = TrainResult(
         best_epoch=state["best_epoch"] + 1,
@@ -291,11 +449,14 @@ def train(
         peak_memory_mib=peak_memory_mib(device),
         out_dir=str(out),
     )
-    atomic_write_text(out / RESULT, json.dumps({**asdict(result), "config": asdict(config)}, indent=2))
+    if main_process:
+        atomic_write_text(out / RESULT, json.dumps({**asdict(result), "config": asdict(config)}, indent=2))
     return result
 
 
-def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
+def load_trained(
+    checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild the model of a ``best.pt``/``last.pt`` checkpoint: (model in eval mode, config, payload)."""
     ckpt = load_checkpoint(checkpoint, map_location=device)
     config = from_dict(TrainConfig, json.loads(ckpt["config"]))
