@@ -4,6 +4,8 @@ llm4sbr train --model srgnn --data ml-100k          train + validate + test one 
 llm4sbr evaluate --checkpoint runs/x/best.pt        re-evaluate a checkpoint
 llm4sbr infer-intents --data ml-100k --out DIR      stage 1: LLM intents -> intents.npy
 llm4sbr run --data ml-100k                          stage 1 + SRGNN + LLM4SBR + comparison table
+llm4sbr train-predictor --checkpoint runs/x/best.pt intent predictor for serving without an LLM
+llm4sbr recommend --checkpoint runs/x/best.pt 50 172 133   top-k next items, no LLM call
 """
 
 from __future__ import annotations
@@ -79,13 +81,15 @@ def format_mean_std(runs: list[dict[str, float]], columns: Sequence[str] = METRI
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from llm4sbr.train import train
+    from llm4sbr.train import distributed_env, train
 
     config = config_from_args(TrainConfig, args)
     if args.seeds:
         return _train_seeds(config, args)
     out = Path(args.out or f"runs/{config.model}-{Path(config.data).name}-seed{config.seed}")
     result = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    if distributed_env().rank != 0:
+        return 0
     print(
         f"best epoch {result.best_epoch} of {result.epochs_run} "
         f"(selected on validation {config.select_metric})"
@@ -170,11 +174,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from llm4sbr.data import load_dataset
     from llm4sbr.intent import config_from_args as intent_config
     from llm4sbr.intent import infer_intents
+    from llm4sbr.intent_predictor import train_intent_predictor
+    from llm4sbr.serve import evaluate_paths
     from llm4sbr.train import train
 
     out = Path(args.out or f"runs/{Path(args.data).name}")
     dataset = load_dataset(args.data, args.preset)
-    print(f"[1/3] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")
+    print(f"[1/4] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")
     intents = infer_intents(dataset, intent_config(args), out / "intents", progress=not args.quiet)
     base = load_yaml(TrainConfig, args.train_config) if args.train_config else TrainConfig()
     rows, results = {}, {}
@@ -188,16 +194,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
             seed=args.seed,
             intents=str(intents.out_dir) if model == "llm4sbr" else None,
         )
-        print(f"[{step}/3] training {model} -> {out / model}")
+        print(f"[{step}/4] training {model} -> {out / model}")
         result = train(config, out / model, dataset=dataset, resume=True, progress=not args.quiet)
-        rows[f"{model} (test)"] = result.test
         results[model] = dataclasses.asdict(result)
+    print("[4/4] intent predictor for serving without an LLM")
+    best = out / "llm4sbr" / "best.pt"
+    train_intent_predictor(best, dataset=dataset, progress=not args.quiet)
+    paths = evaluate_paths(best, srgnn_checkpoint=out / "srgnn" / "best.pt", dataset=dataset)
+    rows = {
+        "SRGNN": paths["srgnn"],
+        "LLM4SBR, stage-1 LLM intents": paths["oracle"],
+        "LLM4SBR, predicted intents (no LLM)": paths["predictor"],
+    }
+    results["paths"] = paths
     table = format_table(rows)
     summary = {"intents": intents.meta, "results": results}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "summary.md").write_text(table + "\n")
     print(f"\ntest metrics (%), {len(dataset.splits['test'])} test samples, selected on validation:")
     print(table)
+    return 0
+
+
+def _cmd_train_predictor(args: argparse.Namespace) -> int:
+    from llm4sbr.intent_predictor import train_intent_predictor
+
+    result = train_intent_predictor(args.checkpoint, out=args.out, progress=not args.quiet)
+    print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from llm4sbr.serve import Recommender
+
+    recommender = Recommender.load(args.checkpoint, device=args.device)
+    for item, score in recommender.recommend(
+        args.items, k=args.k, exclude_seen=args.exclude_seen, on_unknown=args.on_unknown
+    ):
+        print(f"{item}\t{score:.4f}")
     return 0
 
 
@@ -227,6 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "train-predictor", help="distil an LLM4SBR run's stage-1 intents into a predictor for serving"
+    )
+    p.add_argument("--checkpoint", required=True, help="best.pt of an LLM4SBR run")
+    p.add_argument("--out", help="default: intent_predictor.pt next to the checkpoint")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_predictor)
+
+    p = sub.add_parser("recommend", help="top-k next items for one session, no LLM call")
+    p.add_argument("--checkpoint", required=True, help="best.pt (LLM4SBR needs its intent predictor)")
+    p.add_argument("items", nargs="+", help="the session's raw item ids, oldest first")
+    p.add_argument("-k", type=int, default=20)
+    p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the session")
+    p.add_argument("--on-unknown", choices=("raise", "skip"), default="raise")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_recommend)
 
     from llm4sbr.intent import add_arguments as add_intent_flags
 
