@@ -174,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from llm4sbr.data import load_dataset
     from llm4sbr.intent import config_from_args as intent_config
     from llm4sbr.intent import infer_intents
-    from llm4sbr.intent_predictor import train_intent_predictor
+    from llm4sbr.intent_predictor import PREDICTOR_FILE, train_intent_predictor
     from llm4sbr.serve import evaluate_paths
     from llm4sbr.train import train
 
@@ -199,7 +199,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         results[model] = dataclasses.asdict(result)
     print("[4/4] intent predictor for serving without an LLM")
     best = out / "llm4sbr" / "best.pt"
-    train_intent_predictor(best, dataset=dataset, progress=not args.quiet)
+    predictor = best.parent / PREDICTOR_FILE
+    if not predictor.exists() or predictor.stat().st_mtime < best.stat().st_mtime:
+        train_intent_predictor(best, dataset=dataset, progress=not args.quiet)
     paths = evaluate_paths(best, srgnn_checkpoint=out / "srgnn" / "best.pt", dataset=dataset)
     rows = {
         "SRGNN": paths["srgnn"],

