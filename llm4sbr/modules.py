@@ -10,6 +10,12 @@ from torch import nn
 from llm4sbr.kernels import attn_pool, gnn_step
 
 
+def outside_autocast(device: torch.device):
+    """Kernels run in the dtype of their inputs: under autocast the surrounding linear layers
+    may run in bf16, while the fused ops get their fp32 inputs unchanged."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def reset_uniform(module: nn.Module, dim: int) -> None:
     """SR-GNN's init: every parameter ~ U(-1/sqrt(d), 1/sqrt(d))."""
     bound = 1.0 / math.sqrt(dim)
@@ -35,21 +41,22 @@ class GNNCell(nn.Module):
 
     def forward(self, h: torch.Tensor, A_in: torch.Tensor, A_out: torch.Tensor) -> torch.Tensor:
         """h [B, N, d]; A_in, A_out [B, N, N] -> [B, N, d]."""
-        return gnn_step(
-            h,
-            A_in,
-            A_out,
-            self.linear_edge_in.weight,
-            self.linear_edge_in.bias,
-            self.linear_edge_out.weight,
-            self.linear_edge_out.bias,
-            self.b_iah,
-            self.b_oah,
-            self.w_ih,
-            self.b_ih,
-            self.w_hh,
-            self.b_hh,
-        )
+        with outside_autocast(h.device):
+            return gnn_step(
+                h,
+                A_in,
+                A_out,
+                self.linear_edge_in.weight,
+                self.linear_edge_in.bias,
+                self.linear_edge_out.weight,
+                self.linear_edge_out.bias,
+                self.b_iah,
+                self.b_oah,
+                self.w_ih,
+                self.b_ih,
+                self.w_hh,
+                self.b_hh,
+            )
 
 
 class AttentionReadout(nn.Module):
@@ -65,12 +72,14 @@ class AttentionReadout(nn.Module):
 
     def forward(self, seq_hidden: torch.Tensor, mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """seq_hidden [B, L, d]; mask [B, L] bool; last [B, d] -> [B, d]."""
-        return attn_pool(
-            seq_hidden,
-            mask,
-            self.linear_one(last),
-            self.linear_two.weight,
-            self.linear_two.bias,
-            self.linear_three.weight[0],
-            normalize=self.normalize,
-        )
+        q_last = self.linear_one(last)
+        with outside_autocast(seq_hidden.device):
+            return attn_pool(
+                seq_hidden,
+                mask,
+                q_last.to(seq_hidden.dtype),
+                self.linear_two.weight,
+                self.linear_two.bias,
+                self.linear_three.weight[0],
+                normalize=self.normalize,
+            )

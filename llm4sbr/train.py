@@ -204,7 +204,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device, intents: In
 
 
 def _autocast(config: TrainConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
 
 
 def _all_gather_ranks(local: torch.Tensor, sizes: list[int], device: torch.device) -> torch.Tensor:

@@ -112,7 +112,9 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
 def test_llm4sbr_trains_with_intents(tmp_path):
     ds = tiny_dataset()
     intents = write_intents(tmp_path, ds)
-    result = train(config(model="llm4sbr", intents=str(intents), epochs=2), tmp_path / "run", dataset=ds, progress=False)
+    result = train(
+        config(model="llm4sbr", intents=str(intents), epochs=2), tmp_path / "run", dataset=ds, progress=False
+    )
     assert 0.0 <= result.test["hit@20"] <= 1.0
     model, cfg, _ = load_trained(tmp_path / "run" / "best.pt")
     assert cfg.model == "llm4sbr" and model.d_text == 12
@@ -134,3 +136,19 @@ def test_intent_lookup_gathers_by_sample_id_not_row_order():
     lookup = IntentLookup(vectors[perm], ids[perm], ds)
     sample = torch.tensor([ids[3], ids[0]])
     assert torch.equal(lookup(sample), torch.from_numpy(vectors[[3, 0]]))
+
+
+@pytest.mark.parametrize("model", ["srgnn", "llm4sbr"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_bf16_autocast_training_step(tmp_path, model, backend):
+    ds = tiny_dataset()
+    intents = str(write_intents(tmp_path, ds)) if model == "llm4sbr" else None
+    with use_backend(backend):
+        result = train(
+            config(model=model, intents=intents, bf16=True, epochs=1, batch_size=16),
+            tmp_path / "run",
+            dataset=ds,
+            progress=False,
+        )
+    log = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(log["train_loss"]) and 0.0 <= result.test["hit@20"] <= 1.0

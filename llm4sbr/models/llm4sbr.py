@@ -16,7 +16,7 @@ from torch import nn
 from llm4sbr.kernels import align_uniform_loss
 from llm4sbr.models.encoder import SessionGraphEncoder
 from llm4sbr.models.scoring import full_sort_scores, graph_from_batch, pick_scores, upcast
-from llm4sbr.modules import reset_uniform
+from llm4sbr.modules import outside_autocast, reset_uniform
 
 CONCAT_ORDERS = ("paper", "code")
 
@@ -88,7 +88,10 @@ class LLM4SBR(nn.Module):
         if self.tau > 0:
             behaviour = upcast(torch.stack([global_, local]))
             text = upcast(torch.stack([z_long, z_short]))
-            au = align_uniform_loss(behaviour, text, t=self.uniformity_t, reduce_views=self.reduce_views)
+            with outside_autocast(behaviour.device):
+                au = align_uniform_loss(
+                    behaviour, text.to(behaviour.dtype), t=self.uniformity_t, reduce_views=self.reduce_views
+                )
             loss = loss + self.tau * au
         return loss
 
