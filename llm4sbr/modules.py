@@ -24,19 +24,20 @@ def reset_uniform(module: nn.Module, dim: int) -> None:
 
 
 class GNNCell(nn.Module):
-    """One gated-GNN step (paper-spec 3.1) with SR-GNN's parameter names."""
+    """One gated-GNN step (paper-spec 3.1) with SR-GNN's parameter names, registered in SR-GNN's
+    order (so optimizer states saved by SR-GNN map to the same tensors)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
-        self.linear_edge_in = nn.Linear(dim, dim, bias=True)
-        self.linear_edge_out = nn.Linear(dim, dim, bias=True)
-        self.b_iah = nn.Parameter(torch.empty(dim))
-        self.b_oah = nn.Parameter(torch.empty(dim))
         self.w_ih = nn.Parameter(torch.empty(3 * dim, 2 * dim))
         self.w_hh = nn.Parameter(torch.empty(3 * dim, dim))
         self.b_ih = nn.Parameter(torch.empty(3 * dim))
         self.b_hh = nn.Parameter(torch.empty(3 * dim))
+        self.b_iah = nn.Parameter(torch.empty(dim))
+        self.b_oah = nn.Parameter(torch.empty(dim))
+        self.linear_edge_in = nn.Linear(dim, dim, bias=True)
+        self.linear_edge_out = nn.Linear(dim, dim, bias=True)
         reset_uniform(self, dim)
 
     def forward(self, h: torch.Tensor, A_in: torch.Tensor, A_out: torch.Tensor) -> torch.Tensor:

@@ -347,6 +347,20 @@ def _train(
             batch_loss, device_ids=[device.index] if device.type == "cuda" else None
         )
     epoch_seconds = [h["seconds"] for h in state["history"]]
+
+    def evaluate_split(split: str) -> dict[str, float]:
+        return evaluate(
+            model,
+            dataset.splits[split],
+            batch_size=config.eval_batch_size,
+            max_len=config.max_len,
+            intents=intents,
+            device=device,
+            progress=progress,
+            desc=split,
+            distributed=distributed,
+        )
+
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"]
         model.train()
@@ -379,17 +393,7 @@ def _train(
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch + 1}")
         seconds = time.perf_counter() - start
-        valid = evaluate(
-            model,
-            dataset.splits["valid"],
-            batch_size=config.eval_batch_size,
-            max_len=config.max_len,
-            intents=intents,
-            device=device,
-            progress=progress,
-            desc="valid",
-            distributed=distributed,
-        )
+        valid = evaluate_split("valid")
         score = valid[config.select_metric]
         improved = score > state["best_score"]
         if improved:
@@ -429,17 +433,7 @@ def _train(
         dist.barrier()
     best = load_checkpoint(out / BEST, map_location=device)
     model.load_state_dict(best["model"])
-    test = evaluate(
-        model,
-        dataset.splits["test"],
-        batch_size=config.eval_batch_size,
-        max_len=config.max_len,
-        intents=intents,
-        device=device,
-        progress=progress,
-        desc="test",
-        distributed=distributed,
-    )
+    test = evaluate_split("test")
     result = TrainResult(
         best_epoch=state["best_epoch"] + 1,
         valid=best["valid"],

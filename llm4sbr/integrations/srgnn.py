@@ -25,57 +25,35 @@ import torch
 from torch import nn
 
 from llm4sbr.data.loaders import read_srgnn_pickle, write_srgnn_pickle
-from llm4sbr.kernels import attn_pool, gnn_step
-from llm4sbr.modules import reset_uniform
+from llm4sbr.kernels import attn_pool
+from llm4sbr.modules import GNNCell, reset_uniform
 
 __all__ = ["GNN", "SessionGraph", "read_srgnn_pickle", "write_srgnn_pickle"]
 
 
-class GNN(nn.Module):
+class GNN(GNNCell):
     """SR-GNN's gated GNN: ``step`` propagation steps over ``A = [A_in | A_out]``.
 
-    Parameters are registered in the reference's order (``w_ih`` [3d, 2d], ``w_hh`` [3d, d],
-    ``b_ih``, ``b_hh`` [3d], ``b_iah``, ``b_oah`` [d], ``linear_edge_in``, ``linear_edge_out``,
-    ``linear_edge_f``) so optimizer states saved by SR-GNN map to the same tensors.
-    ``linear_edge_f`` is unused, as in SR-GNN, and kept only because checkpoints contain it.
+    :class:`llm4sbr.modules.GNNCell` registers ``w_ih`` [3d, 2d], ``w_hh`` [3d, d], ``b_ih``,
+    ``b_hh`` [3d], ``b_iah``, ``b_oah`` [d], ``linear_edge_in``, ``linear_edge_out`` in the
+    reference's order; ``linear_edge_f`` follows, unused as in SR-GNN and kept only because
+    checkpoints contain it.
     """
 
     def __init__(self, hidden_size: int, step: int = 1) -> None:
-        super().__init__()
+        super().__init__(hidden_size)
         self.step = step
         self.hidden_size = hidden_size
         self.input_size = hidden_size * 2
         self.gate_size = hidden_size * 3
-        self.w_ih = nn.Parameter(torch.empty(self.gate_size, self.input_size))
-        self.w_hh = nn.Parameter(torch.empty(self.gate_size, hidden_size))
-        self.b_ih = nn.Parameter(torch.empty(self.gate_size))
-        self.b_hh = nn.Parameter(torch.empty(self.gate_size))
-        self.b_iah = nn.Parameter(torch.empty(hidden_size))
-        self.b_oah = nn.Parameter(torch.empty(hidden_size))
-        self.linear_edge_in = nn.Linear(hidden_size, hidden_size, bias=True)
-        self.linear_edge_out = nn.Linear(hidden_size, hidden_size, bias=True)
         self.linear_edge_f = nn.Linear(hidden_size, hidden_size, bias=True)
-        reset_uniform(self, hidden_size)
+        reset_uniform(self.linear_edge_f, hidden_size)
 
     def GNNCell(self, A: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:  # noqa: N802 - SR-GNN's name
         """One step. A [B, N, 2N]; hidden [B, N, d] -> [B, N, d]."""
         n = hidden.shape[1]
         A = A.to(hidden.dtype)
-        return gnn_step(
-            hidden,
-            A[:, :, :n],
-            A[:, :, n : 2 * n],
-            self.linear_edge_in.weight,
-            self.linear_edge_in.bias,
-            self.linear_edge_out.weight,
-            self.linear_edge_out.bias,
-            self.b_iah,
-            self.b_oah,
-            self.w_ih,
-            self.b_ih,
-            self.w_hh,
-            self.b_hh,
-        )
+        return super().forward(hidden, A[:, :, :n], A[:, :, n : 2 * n])
 
     def forward(self, A: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """A [B, N, 2N]; hidden [B, N, d] -> hidden after ``step`` steps [B, N, d]."""
