@@ -42,7 +42,7 @@ def test_encoder_shapes_and_local_is_last_click_state():
     assert local.shape == global_.shape == (3, 8)
     # A length-1 session with "none" readout: global = e_1 * h_1 and local = h_1 are parallel.
     cos = torch.nn.functional.cosine_similarity(local[1], global_[1], dim=0)
-    assert abs(abs(float(cos)) - 1) < 1e-5
+    assert abs(abs(float(cos.detach())) - 1) < 1e-5
 
 
 @pytest.mark.parametrize("model_index", [0, 1])
