@@ -82,7 +82,9 @@ def test_tampered_entry_is_reported_and_dropped(tmp_path: Path) -> None:
     assert reloaded.corrupt == 1 and reloaded.get("k1") == "a1" and "k2" not in reloaded
 
 
-@pytest.mark.parametrize("content", [b"", b"[1, 2]", b'{"format": 99, "entries": []}', b'{"format": 1, "entries": [{}]}'])
+@pytest.mark.parametrize(
+    "content", [b"", b"[1, 2]", b'{"format": 99, "entries": []}', b'{"format": 1, "entries": [{}]}']
+)
 def test_malformed_shards_are_corrupt(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "0001.json").write_bytes(content)
     with pytest.warns(CacheCorruptionWarning):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from llm4sbr.data.dataset import SampleSet, SessionDataset
 from llm4sbr.intent import (
@@ -23,6 +24,7 @@ from llm4sbr.intent import (
     load_intents,
     localize,
     postprocess_answer,
+    save_intents,
 )
 from llm4sbr.intent.prompts import VIEWS, build_prompt
 
@@ -38,7 +40,9 @@ def small_dataset() -> SessionDataset:
         "valid": SampleSet.from_lists([[9, 10], [4, 5]], [11, 6], [20, 21]),
         "test": SampleSet.from_lists([[11], [12, 3], [2, 2, 2], [5, 9, 1]], [12, 4, 3, 10], [30, 31, 32, 33]),
     }
-    return SessionDataset("small", N_ITEMS, ["[PAD]"] + [str(i) for i in range(1, N_ITEMS + 1)], names, splits)
+    return SessionDataset(
+        "small", N_ITEMS, ["[PAD]"] + [str(i) for i in range(1, N_ITEMS + 1)], names, splits
+    )
 
 
 class RecordingBackend(FakeBackend):
@@ -78,7 +82,9 @@ def test_outputs_cover_all_splits_and_match_a_manual_computation(tmp_path: Path)
     for samples in dataset.splits.values():
         for i in range(len(samples)):
             for v, view in enumerate(VIEWS):
-                answer = postprocess_answer(fake.generate([build_prompt(dataset.item_names, samples.prefix(i), view)])[0])
+                answer = postprocess_answer(
+                    fake.generate([build_prompt(dataset.item_names, samples.prefix(i), view)])[0]
+                )
                 assert answers[row][view] == answer and answers[row]["sample_id"] == samples.sample_ids[i]
                 expected = localize(encoder.encode([answer]), catalog, r=5)[0]
                 np.testing.assert_allclose(vectors[row, v], expected, rtol=1e-6, atol=1e-6)
@@ -225,7 +231,9 @@ def test_config_validation_and_cli_arguments() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert config_from_args(parser.parse_args([])) == IntentConfig()
-    args = parser.parse_args(["--backend", "fake", "--precision", "4bit", "--max-prompt-items", "20", "--r", "0"])
+    args = parser.parse_args(
+        ["--backend", "fake", "--precision", "4bit", "--max-prompt-items", "20", "--r", "0"]
+    )
     config = config_from_args(args)
     assert (config.backend, config.precision, config.max_prompt_items, config.r) == ("fake", "4bit", 20, 0)
     assert config_from_args(parser.parse_args(["--no-stop-at-newline"])).stop_at_newline is False
@@ -242,5 +250,56 @@ def test_import_needs_no_transformers_and_missing_transformers_is_explained() ->
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert "pip install 'llm4sbr[llm]'" in out.stdout
+
+
+def test_save_intents_round_trip_and_validation(tmp_path: Path) -> None:
+    vectors = np.arange(3 * 2 * 4, dtype=np.float64).reshape(3, 2, 4)
+    out = save_intents(
+        tmp_path / "saved", vectors, np.array([7, 3, 5]), meta={"backend": "test", "shape": "x"}
+    )
+    loaded, ids = load_intents(out)
+    np.testing.assert_array_equal(loaded, vectors.astype(np.float32))
+    np.testing.assert_array_equal(ids, [7, 3, 5])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["backend"] == "test" and meta["shape"] == [3, 2, 4]
+    with pytest.raises(ValueError, match="unique ids"):
+        save_intents(tmp_path / "bad", vectors, np.array([1, 1, 2]))
+    with pytest.raises(ValueError, match="vectors must be"):
+        save_intents(tmp_path / "bad", vectors[:, 0], np.array([1, 2, 3]))
+
+
+def test_unsupported_bitsandbytes_device_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm4sbr.intent.backends import _check_bitsandbytes
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ImportError, match=r"pip install 'llm4sbr\[llm\]'"):
+        _check_bitsandbytes("4bit", torch.device("cpu"))
+    monkeypatch.undo()
+    bnb = pytest.importorskip("bitsandbytes")
+
+    def no_kernel(self: object, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("no 4-bit kernel for this device")
+
+    monkeypatch.setattr(bnb.nn.Linear4bit, "forward", no_kernel)
+    with pytest.raises(RuntimeError, match="--precision 4bit is not supported on cpu by bitsandbytes .*fp32"):
+        _check_bitsandbytes("4bit", torch.device("cpu"))
+
+
+def test_a_rewrite_killed_midway_leaves_no_loadable_mix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(tmp_path)
+    import llm4sbr.intent.infer as infer_module
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt("killed between intents.npy and sample_ids.npy")
+
+    monkeypatch.setattr(infer_module, "write_sample_ids", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, limit=2)
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        load_intents(tmp_path / "out")

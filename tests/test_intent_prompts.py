@@ -41,8 +41,13 @@ def test_short_term_prompt_differs_only_in_the_qualifier() -> None:
 
 def test_max_items_keeps_the_most_recent_clicks_renumbered() -> None:
     prompt = build_prompt(NAMES, np.array([1, 2, 3, 4]), "short", max_items=2)
-    assert prompt.splitlines()[1:3] == ["1. Misery (1990) -- Horror_3", "2. Heat (1995) -- Action|Crime|Thriller_4"]
-    assert build_prompt(NAMES, np.array([1, 2]), "long", max_items=5) == build_prompt(NAMES, np.array([1, 2]), "long")
+    assert prompt.splitlines()[1:3] == [
+        "1. Misery (1990) -- Horror_3",
+        "2. Heat (1995) -- Action|Crime|Thriller_4",
+    ]
+    assert build_prompt(NAMES, np.array([1, 2]), "long", max_items=5) == build_prompt(
+        NAMES, np.array([1, 2]), "long"
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,6 +75,10 @@ def test_template_hash_is_stable() -> None:
         ("Apollo 13 (1995)", "Apollo 13 (1995)"),
         ("2001: A Space Odyssey (1968)", "2001: A Space Odyssey (1968)"),
         ("Item_12_34", "Item_12"),
+        ('The item is a movie called "Heat (1995) -- Action_4".', "Heat (1995) -- Action"),
+        ('The user is interested in the item named "Dance with Wolves (199', "Dance with Wolves (199"),
+        ('Answer: "Babe (1995)" and "Heat (1995)"', "Babe (1995)"),
+        ('Fan 12" Oscillating_7', 'Fan 12" Oscillating'),
         ("", ""),
         ("   \n  ", ""),
     ],

@@ -15,7 +15,7 @@ from .encode import HashingEncoder, TextEncoder, make_encoder
 from .infer import IntentResult, infer_intents
 from .localize import localize
 from .prompts import VIEWS, build_prompt
-from .store import load_intents
+from .store import load_intents, save_intents
 
 __all__ = [
     "VIEWS",
@@ -37,4 +37,5 @@ __all__ = [
     "make_backend",
     "make_encoder",
     "postprocess_answer",
+    "save_intents",
 ]

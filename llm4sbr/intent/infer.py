@@ -19,14 +19,21 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.dataset import SessionDataset
-from .atomic import atomic_writer
 from .backends import Backend, make_backend, postprocess_answer
 from .cache import AnswerCache, answer_key
 from .config import IntentConfig
 from .encode import Encoder, make_encoder
 from .localize import localize
 from .prompts import VIEWS, build_prompt, template_hash
-from .store import FORMAT, INTENTS_FILE, ids_digest, load_intents, write_answers, write_meta, write_sample_ids
+from .store import (
+    begin_output,
+    load_intents,
+    standard_meta,
+    write_answers,
+    write_intents,
+    write_meta,
+    write_sample_ids,
+)
 
 ROWS_PER_WRITE = 65536
 
@@ -72,8 +79,13 @@ def _peak_memory() -> dict[str, float | None]:
 def _generate_missing(
     prompts: list[str], keys: list[str], cache: AnswerCache, backend: Backend, batch_size: int, progress: bool
 ) -> int:
-    """Generate the prompts whose key is not cached, longest first, one cache shard per batch."""
-    missing = sorted((i for i, k in enumerate(keys) if k not in cache), key=lambda i: -len(prompts[i]))
+    """Generate the prompts whose key is not cached, one cache shard per batch. Longest first, and
+    prompts that differ only in their last line (the views of a sample) stay adjacent, so a batch
+    holds whole groups whose common prefix the backend can prefill once."""
+    stems = [p.rsplit("\n", 1)[0] for p in prompts]
+    missing = sorted(
+        (i for i, k in enumerate(keys) if k not in cache), key=lambda i: (-len(stems[i]), stems[i])
+    )
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(missing), unit="prompt", disable=not progress)
     with bar:
         for start in range(0, len(missing), batch_size):
@@ -105,7 +117,7 @@ def infer_intents(
     ``encoder`` override the ones the config names (tests inject fakes). Rerunning after an
     interruption regenerates only the answers that are not cached yet.
     """
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefixes, sample_ids, split_counts = _selected_samples(dataset, config.limit)
@@ -130,12 +142,14 @@ def infer_intents(
     cache = AnswerCache(config.cache_dir or out_dir / "answer_cache")
     keys = [answer_key(backend.identity, backend.precision, p, backend.settings) for p in unique_prompts]
     generated = _generate_missing(unique_prompts, keys, cache, backend, config.batch_size, progress)
-    generation_s = time.perf_counter() - started
+    answers_s = time.perf_counter() - started
+    answers_cpu_s = time.process_time() - cpu_started
 
     answer_of = {p: postprocess_answer(cache.get(k)) for p, k in zip(unique_prompts, keys, strict=True)}
     answers = [(answer_of[lt], answer_of[st]) for lt, st in prompts_per_sample]
     encode_started = time.perf_counter()
-    encoder = encoder or make_encoder(config.encoder, str(config.device or "cpu"))
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = encoder or make_encoder(config.encoder, device)
     distinct_answers = list(dict.fromkeys(a for pair in answers for a in pair))
     catalog_ids = [i for i in range(1, dataset.n_items + 1) if dataset.item_names[i]]
     catalog = encoder.encode([dataset.item_names[i] for i in catalog_ids]) if config.r > 0 else None
@@ -143,22 +157,26 @@ def infer_intents(
     row_of = {a: i for i, a in enumerate(distinct_answers)}
     answer_rows = np.array([[row_of[lt], row_of[st]] for lt, st in answers], dtype=np.int64).reshape(-1, 2)
     shape = (len(sample_ids), len(VIEWS), encoder.dim)
-    with atomic_writer(out_dir / INTENTS_FILE) as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
-        for start in range(0, len(answer_rows), ROWS_PER_WRITE):
-            f.write(answer_vectors[answer_rows[start : start + ROWS_PER_WRITE]].astype("<f4").tobytes())
+    blocks = (
+        answer_vectors[answer_rows[start : start + ROWS_PER_WRITE]]
+        for start in range(0, len(answer_rows), ROWS_PER_WRITE)
+    )
+    begin_output(out_dir)
+    write_intents(out_dir, shape, blocks)
     write_sample_ids(out_dir, sample_ids)
     write_answers(out_dir, sample_ids, answers)
     encode_s = time.perf_counter() - encode_started
     total_s = time.perf_counter() - started
 
     stats = backend.stats
+    seconds = stats["seconds"]
+
+    def per_second(count: float) -> float | None:
+        return round(count / seconds, 3) if seconds else None
+
     meta = {
-        "format": FORMAT,
+        **standard_meta(shape, sample_ids),
         "dataset": dataset.name,
-        "shape": list(shape),
-        "views": list(VIEWS),
-        "sample_ids_sha256": ids_digest(sample_ids),
         "splits": split_counts,
         "config": asdict(config),
         "llm": {"backend": config.backend, "model": backend.identity, "precision": backend.precision},
@@ -181,16 +199,13 @@ def infer_intents(
         },
         "timing": {
             "total_s": round(total_s, 3),
-            "generation_s": round(stats["seconds"], 3),
+            "answers_s": round(answers_s, 3),
+            "answers_process_cpu_s": round(answers_cpu_s, 3),
+            "generation_s": round(seconds, 3),
             "encode_localize_s": round(encode_s, 3),
-            "prompts_per_s": round(stats["prompts"] / stats["seconds"], 4) if stats["seconds"] else None,
-            "new_tokens_per_s": round(stats["new_tokens"] / stats["seconds"], 2)
-            if stats["seconds"]
-            else None,
-            "prompt_tokens_per_s": round(stats["prompt_tokens"] / stats["seconds"], 2)
-            if stats["seconds"]
-            else None,
-            "pipeline_before_encoding_s": round(generation_s, 3),
+            "prompts_per_s": per_second(stats["prompts"]),
+            "new_tokens_per_s": per_second(stats["new_tokens"]),
+            "prompt_tokens_per_s": per_second(stats["prompt_tokens"]),
         },
         "tokens": {"prompt": int(stats["prompt_tokens"]), "new": int(stats["new_tokens"])},
         "peak_memory": _peak_memory(),

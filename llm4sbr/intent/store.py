@@ -6,7 +6,8 @@
 * ``meta.json``: models, precision, template hash, r, counts, timings, peak memory, and the
   shape and a hash of the ids, so :func:`load_intents` can tell a consistent folder from a mixed one.
 
-Every file is written atomically and ``meta.json`` last, so it marks a complete output.
+Every file is written atomically. ``meta.json`` is removed before and written after the others,
+so it marks a complete output, and a folder caught mid-rewrite fails :func:`load_intents`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +45,71 @@ def write_answers(out_dir: Path, sample_ids: np.ndarray, answers: list[tuple[str
     write_atomic(out_dir / ANSWERS_FILE, ("\n".join(lines) + "\n").encode())
 
 
+def begin_output(out_dir: Path) -> None:
+    """Create ``out_dir`` and drop its meta.json, which :func:`write_meta` restores last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_FILE).unlink(missing_ok=True)
+
+
 def write_sample_ids(out_dir: Path, sample_ids: np.ndarray) -> None:
     with atomic_writer(out_dir / SAMPLE_IDS_FILE) as f:
         np.save(f, np.asarray(sample_ids, dtype=np.int64))
 
 
+def write_intents(out_dir: Path, shape: tuple[int, int, int], blocks: Iterable[np.ndarray]) -> None:
+    """Stream ``intents.npy`` of ``shape`` from consecutive row blocks [k, 2, d] (never the whole
+    array in memory at once), atomically."""
+    rows = 0
+    with atomic_writer(out_dir / INTENTS_FILE) as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)}
+        )
+        for block in blocks:
+            if block.shape[1:] != tuple(shape[1:]):
+                raise ValueError(f"intent block of shape {block.shape} does not fit {tuple(shape)}")
+            f.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+            rows += len(block)
+        if rows != shape[0]:
+            raise ValueError(f"wrote {rows} intent rows, expected {shape[0]}")
+
+
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     write_atomic(out_dir / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+def standard_meta(shape: tuple[int, ...], sample_ids: np.ndarray) -> dict[str, Any]:
+    """The meta.json fields :func:`load_intents` validates."""
+    return {
+        "format": FORMAT,
+        "shape": [int(s) for s in shape],
+        "views": list(VIEWS),
+        "sample_ids_sha256": ids_digest(sample_ids),
+    }
+
+
+def save_intents(
+    out_dir: str | os.PathLike,
+    vectors: np.ndarray,
+    sample_ids: np.ndarray,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write an output folder from arrays (e.g. intents computed elsewhere, or fakes for tests).
+
+    vectors: [n, 2, d_text] (cast to float32). sample_ids: [n] unique integers. meta: extra
+    meta.json fields (the validated ones are always set here). Returns the folder.
+    """
+    out_dir = Path(out_dir)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    if vectors.ndim != 3 or vectors.shape[1] != len(VIEWS):
+        raise ValueError(f"vectors must be [n, {len(VIEWS)}, d_text], got {vectors.shape}")
+    if sample_ids.shape != (len(vectors),) or len(np.unique(sample_ids)) != len(sample_ids):
+        raise ValueError(f"sample_ids must be {len(vectors)} unique ids, got shape {sample_ids.shape}")
+    begin_output(out_dir)
+    write_intents(out_dir, vectors.shape, [vectors])
+    write_sample_ids(out_dir, sample_ids)
+    write_meta(out_dir, {**(meta or {}), **standard_meta(vectors.shape, sample_ids)})
+    return out_dir
 
 
 def _fail(path: Path, message: str) -> ValueError:
