@@ -5,7 +5,8 @@ One harness, one timer and one result format for every comparison:
 * ``kernels``: gnn_step, attn_pool and align_uniform_loss for the providers ``triton`` (CUDA only),
   ``torch`` (the op's ``_ref``, what runs where Triton cannot) and ``compile`` (``torch.compile``
   of the ref), in the modes ``forward`` (the training forward: inputs require grad), ``backward``
-  (``autograd.grad`` of a retained forward) and ``full`` (both), over :data:`SHAPES`.
+  (the gradients only; the forward runs untimed before each call) and ``full`` (both), over
+  :data:`SHAPES`.
 * ``train``: one training step per model and encoder path (:data:`MODEL_PATHS`), then whole
   epochs on MovieLens-100k leave-one-out (RecBole's split: 97,171 training samples, batch 100,
   d = 100): our SRGNN and LLM4SBR through :func:`llm4sbr.train.train`, our SRGNN on the padded
@@ -20,9 +21,10 @@ One harness, one timer and one result format for every comparison:
 
 Timing: wall clock per call with the device synchronised inside the timed callable; p20/p50/
 p80/p99 over the rounds after warm-up. Peak memory: bytes allocated during one call above what
-was allocated before it (CUDA allocator statistics; on CPU the profiler's allocation events), or
-the peak resident set of a fresh process for whole training and LLM runs. Every result carries
-the device name, versions, thread count, load average and configuration.
+was allocated before it (CUDA allocator statistics; on CPU the profiler's allocation events);
+for whole training runs the peak of a fresh process (resident set on CPU); for the LLM stage the
+model's weights plus the working set of one generation call. Every result carries the device
+name, versions, thread count, load average and configuration.
 
 ``run_benchmarks`` writes ``results.json`` (all suites run so far; a suite replaces its earlier
 records), one CSV per suite, ``tables.md`` (the README's tables) and PNG plots.
@@ -859,14 +861,6 @@ def _floor_record(dataset: Any, dim: int, device: torch.device, records: list[di
 
 
 # ----------------------------------------------------------------------------- LLM stage
-
-
-def _rss_mib() -> float:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _real_prompts(count: int, seed: int = 0) -> list[str]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import llm4sbr.kernels as K
 import pytest
 import torch
 import torch.nn.functional as F
 from budget import assert_within_budget
 from hypothesis import given
 from hypothesis import strategies as st
+
+import llm4sbr.kernels as K
 from llm4sbr.kernels import align_uniform as au
 from llm4sbr.kernels import align_uniform_loss, align_uniform_loss_ref, use_backend
 
