@@ -39,13 +39,7 @@ pytestmark = pytest.mark.filterwarnings(
 N_ITEMS, N_USERS, D_TEXT = 20, 12, 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds contention with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from llm4sbr.kernels import use_backend
 N_NODE, D = 13, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds contention with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_opt(**overrides: object) -> SimpleNamespace:
