@@ -27,13 +27,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-rounds", type=int, default=None, help="timed rounds per case")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # pyproject's addopts carry --benchmark-disable for the unit tests; asking for
-    # --benchmark-only here means the benchmarks themselves (pytest-benchmark rejects both).
-    if config.getoption("benchmark_only"):
-        config.option.benchmark_enable = True
-
-
 def _device(config: pytest.Config) -> torch.device:
     name = config.getoption("--bench-device")
     if name == "auto":

@@ -82,8 +82,6 @@ SHAPES = {
     "large": Shape(2048, 50, 256),
 }
 TARGET_SHAPE = "large"
-RECBOLE_ORDERED_DATA = "ml-100k, RecBole's order"
-"""The training suite's default data: see :func:`recbole_ordered_ml100k`."""
 ISSUE_FLOOR_SECONDS = 28.0
 """The stage-2 issue's dense fp32 floor for one SRGNN epoch on the 2-core CPU (about 3.1 TFLOP at
 about 110 GFLOP/s); the train suite also measures its own."""
@@ -146,7 +144,7 @@ class BenchOptions:
     train_batch: int = 100
     serve_batches: tuple[int, ...] = (1, 256)
     serve_rounds: int = 100
-    data: str = RECBOLE_ORDERED_DATA
+    data: str = "ml-100k"
     preset: str = "leave-one-out"
     dataset: Any = None
     epochs: int = 2
@@ -656,34 +654,6 @@ def _dataset_fingerprint(dataset: Any) -> str:
     return samples_fingerprint(prefixes, raw[train.targets].tolist())
 
 
-def recbole_ordered_ml100k() -> Any:
-    """MovieLens-100k leave-one-out with the clicks of each user ordered exactly as RecBole 1.2.1
-    orders them, so both sides of the peer comparison train on the same samples: RecBole min-max
-    normalises float fields (its ml-100k config sets normalize_all) and stores them as float32, so
-    ratings less than about a second apart tie and keep file order. With exact timestamps about
-    4% of the 97,171 training prefixes differ in the order of such near-simultaneous ratings."""
-    import dataclasses
-
-    from llm4sbr.data import build_dataset, read_recbole_inter, read_recbole_items, recbole_ml100k_dir
-
-    folder = recbole_ml100k_dir()
-    interactions = read_recbole_inter(folder / "ml-100k.inter")
-    t = interactions.timestamp
-    normalised = ((t - t.min()) / (t.max() - t.min())).astype(np.float32).astype(np.float64)
-    interactions = dataclasses.replace(interactions, timestamp=normalised)
-    dataset = build_dataset(interactions, read_recbole_items(folder / "ml-100k.item"), "leave-one-out")
-    dataset.name = RECBOLE_ORDERED_DATA
-    return dataset
-
-
-def load_train_data(data: str, preset: str) -> Any:
-    """The training suite's dataset: :func:`recbole_ordered_ml100k` for its name, else
-    :func:`llm4sbr.data.load_dataset`."""
-    from llm4sbr.data import load_dataset
-
-    return recbole_ordered_ml100k() if data == RECBOLE_ORDERED_DATA else load_dataset(data, preset)
-
-
 def write_random_intents(dataset: Any, out_dir: Path, d_text: int, seed: int = 0) -> Path:
     """A stage-1 output folder of random intent vectors for every sample of ``dataset``: stage-2
     cost does not depend on their values, and the real LLM stage takes hours for 97k samples."""
@@ -711,11 +681,12 @@ def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     metrics and peak memory. ``spec``: config (TrainConfig fields), backend, dataset (None: load
     ``config.data``)."""
     from llm4sbr.config import TrainConfig, from_dict
+    from llm4sbr.data import load_dataset
     from llm4sbr.kernels import use_backend
     from llm4sbr.train import train
 
     config = from_dict(TrainConfig, spec["config"])
-    dataset = spec["dataset"] or load_train_data(config.data, config.preset)
+    dataset = spec["dataset"] or load_dataset(config.data, config.preset)
     with tempfile.TemporaryDirectory(prefix="llm4sbr-bench-") as tmp:
         device = torch.device("cuda" if config.device == "cuda" else "cpu")
         with use_backend(spec["backend"]):
@@ -790,6 +761,8 @@ def srgnn_epoch_flops(dataset: Any, dim: int, folded: bool) -> float:
 
 def run_train(options: BenchOptions, device: torch.device) -> list[dict[str, Any]]:
     """Training steps per model and path, then epochs of ours and RecBole's (see module doc)."""
+    from llm4sbr.data import load_dataset
+
     records = _model_records(options, device, "train_step", (options.train_batch,), options.rounds)
     base = {
         "data": options.data, "preset": options.preset, "batch_size": options.train_batch,
@@ -803,7 +776,7 @@ def run_train(options: BenchOptions, device: torch.device) -> list[dict[str, Any
     ]
     if device.type == "cuda":
         runs.insert(1, ("llm4sbr SRGNN, Triton kernels", "srgnn", "triton", options.epochs))
-    dataset = options.dataset or load_train_data(options.data, options.preset)
+    dataset = options.dataset or load_dataset(options.data, options.preset)
     with tempfile.TemporaryDirectory(prefix="llm4sbr-bench-intents-") as intents:
         write_random_intents(dataset, Path(intents), options.d_text)
         for name, model, backend, epochs in runs:

@@ -8,29 +8,16 @@ from typing import Any
 
 import torch
 
-from llm4sbr.intent.atomic import atomic_writer
+from llm4sbr.atomic import write_atomic
 
 FORMAT = "llm4sbr-checkpoint-v1"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (creating its folder) so that readers see the old file or the
-    new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(path) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Atomically save a dict of tensors, numbers, strings and containers of them."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -35,7 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from llm4sbr.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from llm4sbr.atomic import write_atomic
+from llm4sbr.checkpoint import load_checkpoint, save_checkpoint
 from llm4sbr.config import TrainConfig, from_dict
 from llm4sbr.data import (
     EpochShuffleSampler,
@@ -422,7 +423,7 @@ def _train(
                     "rng": _rng_state(),
                 },
             )
-            atomic_write_text(out / LOG, "".join(json.dumps(h) + "\n" for h in state["history"]))
+            write_atomic(out / LOG, "".join(json.dumps(h) + "\n" for h in state["history"]))
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}: loss {train_loss:.4f}  valid {config.select_metric} {score:.4f}"
@@ -444,7 +445,7 @@ def _train(
         out_dir=str(out),
     )
     if main_process:
-        atomic_write_text(out / RESULT, json.dumps({**asdict(result), "config": asdict(config)}, indent=2))
+        write_atomic(out / RESULT, json.dumps({**asdict(result), "config": asdict(config)}, indent=2))
     return result
 
 

@@ -1,5 +1,5 @@
 """Session-graph builders: hand-checked graphs, torch == numba == a plain-Python reference,
-padding invariance."""
+padding invariance; the packed graph is the padded graph without the padding."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llm4sbr.data import build_session_graph, build_session_graph_numba
+from llm4sbr.data.graph import build_packed_session_graph
 
 
 def reference_graph(session: list[int]) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
@@ -149,3 +150,41 @@ def test_cuda_matches_cpu() -> None:
     for part_cpu, part_cuda in zip(cpu, cuda, strict=True):
         assert part_cuda.is_cuda
         assert torch.equal(part_cpu, part_cuda.cpu())
+
+
+def dense_from_packed(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The padded (nodes, A_in, A_out) rebuilt from the packed graph."""
+    packed = build_packed_session_graph(item_seq, item_seq_len)
+    counts = torch.bincount(packed.session, minlength=len(item_seq_len))
+    n = max(int(counts.max()), 1)
+    slot = torch.arange(len(packed.nodes)) - (torch.cumsum(counts, 0) - counts)[packed.session]
+    nodes = torch.zeros(len(item_seq_len), n, dtype=torch.long)
+    nodes[packed.session, slot] = packed.nodes
+    A_in = torch.zeros(len(item_seq_len), n, n)
+    A_out = torch.zeros(len(item_seq_len), n, n)
+    b = packed.session[packed.src]
+    A_in[b, slot[packed.dst], slot[packed.src]] = packed.in_weight
+    A_out[b, slot[packed.src], slot[packed.dst]] = packed.out_weight
+    clicks = torch.zeros(len(item_seq_len), n).index_put_((packed.session, slot), packed.clicks)
+    return nodes, A_in, A_out, clicks, slot[packed.last]
+
+
+@given(
+    sessions=st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=7), min_size=1, max_size=5),
+    extra=st.integers(0, 2),
+)
+def test_packed_graph_is_the_padded_graph_without_padding(sessions: list[list[int]], extra: int) -> None:
+    item_seq, item_seq_len = pad_batch(sessions, extra)
+    padded = build_session_graph(item_seq, item_seq_len)
+    nodes, A_in, A_out, clicks, last = dense_from_packed(item_seq, item_seq_len)
+    assert torch.equal(nodes, padded.nodes)
+    assert torch.equal(A_in, padded.A_in) and torch.equal(A_out, padded.A_out)
+    for b, session in enumerate(sessions):
+        alias = padded.alias[b, : len(session)]
+        assert torch.equal(clicks[b], torch.bincount(alias, minlength=nodes.shape[1]).float())
+        assert last[b] == alias[-1]
+
+
+def test_packed_graph_rejects_empty_sessions() -> None:
+    with pytest.raises(ValueError, match="item_seq_len"):
+        build_packed_session_graph(torch.tensor([[1, 2], [0, 0]]), torch.tensor([2, 0]))

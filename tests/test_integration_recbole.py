@@ -19,7 +19,8 @@ from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.trainer import Trainer  # noqa: E402
 
-from llm4sbr.data import recbole_ml100k_dir  # noqa: E402
+from llm4sbr.bench import samples_fingerprint  # noqa: E402
+from llm4sbr.data import load_dataset, recbole_ml100k_dir  # noqa: E402
 from llm4sbr.integrations.recbole import (  # noqa: E402
     LLM4SBR,
     SRGNN,
@@ -158,6 +159,31 @@ def test_runs_on_the_movielens_100k_that_ships_with_recbole(recbole_setup):
     assert train.dataset.item_num > 100
     assert scores.shape == (len(interaction), train.dataset.item_num)
     assert torch.isfinite(scores[:, 1:]).all()
+
+
+def recbole_samples(loader) -> tuple[int, str]:
+    """(count, fingerprint) of the samples in a RecBole split: prefix raw ids > target raw id."""
+    inter = loader.dataset.inter_feat
+    tokens = loader.dataset.field2id_token["item_id"]
+    rows, lengths = inter["item_id_list"].numpy(), inter["item_length"].numpy()
+    prefixes = [tokens[row[:n]].tolist() for row, n in zip(rows, lengths, strict=True)]
+    targets = tokens[inter["item_id"].numpy()].tolist()
+    return len(targets), samples_fingerprint(prefixes, targets)
+
+
+def test_leave_one_out_ml100k_has_recbole_samples_in_recbole_order(recbole_setup):
+    try:
+        recbole_ml100k_dir()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    _, *loaders = recbole_setup(SRGNN, "ml-100k", MAX_ITEM_LIST_LENGTH=50)
+    ours = load_dataset("ml-100k", "leave-one-out")
+    raw = np.asarray(ours.item_raw_ids, dtype=object)
+    for name, loader in zip(("train", "valid", "test"), loaders, strict=True):
+        split = ours.splits[name]
+        prefixes = [raw[split.prefix(i)].tolist() for i in range(len(split))]
+        expected = (len(split), samples_fingerprint(prefixes, raw[split.targets].tolist()))
+        assert recbole_samples(loader) == expected, name
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])

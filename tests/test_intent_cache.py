@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from llm4sbr.atomic import atomic_writer
 from llm4sbr.intent import AnswerCache, CacheCorruptionWarning, answer_key
-from llm4sbr.intent.atomic import atomic_writer
 
 SETTINGS = {"max_new_tokens": 32, "do_sample": False}
 

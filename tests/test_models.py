@@ -148,3 +148,79 @@ def test_fake_intents_cover_every_sample():
     vectors, ids = fake_intents(ds)
     assert vectors.shape == (sum(len(s) for s in ds.splits.values()), 2, 12)
     assert len(set(ids.tolist())) == len(ids)
+
+
+def sessions_batch(sessions: list[list[int]], extra: int = 0, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A float64 batch of exactly ``sessions``, padded by ``extra`` columns."""
+    batch = make_batch([len(s) for s in sessions], L=max(len(s) for s in sessions) + extra, seed=seed)
+    batch["item_seq"].zero_()
+    for row, session in enumerate(sessions):
+        batch["item_seq"][row, : len(session)] = torch.tensor(session)
+    batch["intent"] = batch["intent"].double()
+    return batch
+
+
+# Repeated items, a repeated pair, a self-loop, a length-1 session and a long one.
+SESSIONS = [[3, 5, 3, 5, 7], [4], [9, 9, 2], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [6, 6]]
+
+
+def outputs_and_grads(model: torch.nn.Module, batch: dict, packed: bool) -> tuple[torch.Tensor, ...]:
+    model.encoder.packed = packed
+    model.zero_grad()
+    with use_backend("torch"):
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        scores = model.full_sort_predict(batch)
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    return loss.detach(), scores.detach(), grads
+
+
+@pytest.mark.parametrize("readout", ["none", "softmax"])
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("model_class", [SRGNN, LLM4SBR])
+def test_packed_path_equals_the_padded_reference_to_float64_rounding(
+    model_class, steps: int, readout: str
+) -> None:
+    torch.manual_seed(0)
+    args = (N_ITEMS, D_TEXT) if model_class is LLM4SBR else (N_ITEMS,)
+    model = model_class(*args, dim=6, steps=steps, readout=readout).double()
+    batch = sessions_batch(SESSIONS, extra=2)
+    reference = outputs_and_grads(model, batch, packed=False)
+    packed = outputs_and_grads(model, batch, packed=True)
+    for name, ref, new in zip(("loss", "scores", "gradients"), reference, packed, strict=True):
+        finite = torch.isfinite(ref)
+        assert torch.equal(finite, torch.isfinite(new)), name
+        assert torch.allclose(new[finite], ref[finite], rtol=1e-12, atol=1e-12), name
+    assert reference[2].abs().sum() > 0
+
+
+def test_default_path_is_packed_only_where_triton_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoder = SRGNN(N_ITEMS, dim=4).encoder
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with use_backend("auto"):
+        assert encoder.uses_packed_path(cpu)
+    assert not encoder.uses_packed_path(cpu)  # the "torch" backend of this file's fixture
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with use_backend("auto"):
+        assert not encoder.uses_packed_path(cpu)
+    encoder.packed = True
+    assert encoder.uses_packed_path(cpu)
+
+
+def test_packed_path_trains_like_the_reference() -> None:
+    """Three Adam steps on each path from the same start end at the same parameters."""
+    batch = sessions_batch(SESSIONS)
+    finals = []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model = SRGNN(N_ITEMS, dim=6).double()
+        model.encoder.packed = packed
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with use_backend("torch"):
+            for _ in range(3):
+                optimizer.zero_grad()
+                model.calculate_loss(batch).backward()
+                optimizer.step()
+        finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(finals[0], finals[1], rtol=1e-10, atol=1e-10)

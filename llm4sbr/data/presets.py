@@ -26,7 +26,10 @@ order: TO}``)
     session = user; every prefix is a sample, cut to its ``max_history`` most recent clicks. Per
     user with k samples: the last is test and the one before valid when k >= 3; when k = 2 the
     first is train and the last test; when k = 1 it is train (RecBole's
-    ``_split_index_by_leave_one_out``). Sample ids: train, then valid, then test.
+    ``_split_index_by_leave_one_out``). Sample ids: train, then valid, then test. With
+    ``float32_time`` clicks are ordered by min-max-normalised float32 timestamps, as RecBole
+    orders them when a dataset's config sets ``normalize_all`` (its ml-100k config does): clicks
+    less than about a second apart then tie and keep file order.
 
 For the presets with a train/test split, ``valid_fraction`` of the train *sessions*, drawn with
 ``numpy.random.default_rng(seed)``, become the validation split (all prefixes of a session on one
@@ -36,6 +39,7 @@ first), then test, so a sample keeps its id whatever ``valid_fraction`` and ``se
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,7 +53,7 @@ PRESET_OPTIONS: dict[str, dict[str, object]] = {
     "movielens": {"bucket_seconds": 600.0, "min_item_count": 5, "train_fraction": 0.9},
     "amazon": {"k_core": 5, "train_fraction": 0.9},
     "srgnn": {"test_days": 7.0, "min_item_count": 5},
-    "leave-one-out": {"max_history": 50},
+    "leave-one-out": {"max_history": 50, "float32_time": False},
 }
 PRESETS = tuple(PRESET_OPTIONS)
 
@@ -176,6 +180,11 @@ def _srgnn(interactions: Interactions, item_codes: np.ndarray, options: dict) ->
 def _leave_one_out(
     interactions: Interactions, item_codes: np.ndarray, options: dict
 ) -> tuple[_Sessions, int]:
+    if options["float32_time"]:
+        t = interactions.timestamp
+        span = max(float(t.max() - t.min()), 1e-300)
+        normalised = ((t - t.min()) / span).astype(np.float32).astype(np.float64)
+        interactions = dataclasses.replace(interactions, timestamp=normalised)
     sessions = _group(interactions, key_rank(interactions.session))
     sessions = sessions.keep_sessions(sessions.lengths() >= 2)
     return sessions, sessions.count()

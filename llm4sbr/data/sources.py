@@ -56,7 +56,8 @@ def load_dataset(
     """Load and preprocess a dataset.
 
     ``source`` is a built-in name (``"ml-100k"``: MovieLens-100k from the recbole 1.2.1 wheel,
-    default preset ``movielens``) or a path:
+    default preset ``movielens``; with ``leave-one-out`` its clicks are ordered exactly as RecBole
+    orders them, ``float32_time=True``) or a path:
 
     * a ``.inter`` file, or a folder holding ``<folder name>.inter`` or exactly one ``.inter``
       (RecBole atomic files; a ``.item`` of the same stem supplies item names); a preset must be
@@ -71,9 +72,10 @@ def load_dataset(
     """
     if isinstance(source, str) and source in BUILTIN_SOURCES:
         inter_path = recbole_ml100k_dir() / "ml-100k.inter"
-        dataset = _recbole_dataset(
-            inter_path, preset or _DEFAULT_PRESETS[source], seed, valid_fraction, options
-        )
+        preset = preset or _DEFAULT_PRESETS[source]
+        if preset == "leave-one-out":
+            options = {"float32_time": True, **options}  # RecBole's ml-100k config normalises time
+        dataset = _recbole_dataset(inter_path, preset, seed, valid_fraction, options)
         dataset.name = source
         return dataset
 

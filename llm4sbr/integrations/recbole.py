@@ -56,8 +56,8 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from llm4sbr import models
+from llm4sbr.atomic import atomic_writer
 from llm4sbr.data.dataset import SessionDataset
-from llm4sbr.intent.atomic import atomic_writer
 from llm4sbr.intent.store import load_intents
 
 __all__ = [

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .atomic import write_atomic
+from llm4sbr.atomic import write_atomic
 
 SHARD_FORMAT = 1
 

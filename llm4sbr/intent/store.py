@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_writer, write_atomic
+from llm4sbr.atomic import atomic_writer, write_atomic
+
 from .prompts import VIEWS
 
 INTENTS_FILE = "intents.npy"
@@ -42,7 +43,7 @@ def write_answers(out_dir: Path, sample_ids: np.ndarray, answers: list[tuple[str
         json.dumps({"sample_id": int(sid), VIEWS[0]: lt, VIEWS[1]: st}, ensure_ascii=False)
         for sid, (lt, st) in zip(sample_ids, answers, strict=True)
     ]
-    write_atomic(out_dir / ANSWERS_FILE, ("\n".join(lines) + "\n").encode())
+    write_atomic(out_dir / ANSWERS_FILE, "\n".join(lines) + "\n")
 
 
 def begin_output(out_dir: Path) -> None:
@@ -74,7 +75,7 @@ def write_intents(out_dir: Path, shape: tuple[int, int, int], blocks: Iterable[n
 
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
-    write_atomic(out_dir / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(out_dir / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def standard_meta(shape: tuple[int, ...], sample_ids: np.ndarray) -> dict[str, Any]:

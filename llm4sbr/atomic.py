@@ -29,7 +29,9 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (str as UTF-8) to ``path`` atomically, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as f:
-        f.write(data)
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
