@@ -124,7 +124,8 @@ class BenchOptions:
     is skipped and says why). isolate: run each training and LLM measurement in a fresh process
     so its peak memory is its own. llm_models: "bundled" (SmolLM2 GGUF, real prompts) or names
     in :data:`RANDOM_LLM_CONFIGS`; None picks "bundled" on CPU and smollm2-135m + qwen2-7b on
-    CUDA. plots: write PNGs (needs matplotlib).
+    CUDA. llm_max_prompt_items: the bundled runs' prompts show only the last N clicks (as
+    ``infer-intents --max-prompt-items``; None shows all). plots: write PNGs (needs matplotlib).
     """
 
     device: str = "auto"
@@ -157,6 +158,7 @@ class BenchOptions:
     llm_prompts: int = 8
     llm_batch_size: int = 8
     llm_max_new_tokens: int = 32
+    llm_max_prompt_items: int | None = None
     plots: bool = True
 
     @classmethod
@@ -836,16 +838,16 @@ def _floor_record(dataset: Any, dim: int, device: torch.device, records: list[di
 # ----------------------------------------------------------------------------- LLM stage
 
 
-def _real_prompts(count: int, seed: int = 0) -> list[str]:
+def _real_prompts(count: int, max_items: int | None = None, seed: int = 0) -> list[str]:
     """Long-term prompts of ``count`` random MovieLens-100k test samples (the default ``movielens``
-    preset, whose stage-1 runs these are)."""
+    preset, whose stage-1 runs these are), showing the last ``max_items`` clicks (None: all)."""
     from llm4sbr.data import load_dataset
     from llm4sbr.intent.prompts import build_prompt
 
     dataset = load_dataset("ml-100k")
     test = dataset.splits["test"]
     rows = np.random.default_rng(seed).choice(len(test), size=min(count, len(test)), replace=False)
-    return [build_prompt(dataset.item_names, test.prefix(int(i)), "long") for i in rows]
+    return [build_prompt(dataset.item_names, test.prefix(int(i)), "long", max_items) for i in rows]
 
 
 def _generation_seconds(
@@ -874,7 +876,7 @@ def _llm_bundled_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from llm4sbr.intent import make_backend
 
     torch.set_num_threads(spec["threads"])
-    prompts = sorted(_real_prompts(spec["prompts"]), key=len, reverse=True)
+    prompts = sorted(_real_prompts(spec["prompts"], spec["max_prompt_items"]), key=len, reverse=True)
     backend = make_backend(
         "smollm2", precision=spec["precision"], device=spec["device"],
         batch_size=spec["batch_size"], max_new_tokens=spec["max_new_tokens"],
@@ -980,13 +982,15 @@ def run_llm(options: BenchOptions, device: torch.device) -> list[dict[str, Any]]
             spec = {
                 "precision": precision, "device": device.type, "prompts": options.llm_prompts,
                 "batch_size": options.llm_batch_size, "max_new_tokens": options.llm_max_new_tokens,
-                "threads": torch.get_num_threads(),
+                "max_prompt_items": options.llm_max_prompt_items, "threads": torch.get_num_threads(),
             }  # fmt: skip
             record: dict[str, Any] = {
                 "model": "SmolLM2-135M-Instruct (bundled GGUF)" if model == "bundled" else model
             }
             record["precision"] = precision
             record["weights"] = "real" if model == "bundled" else "random"
+            record["batch"] = options.llm_batch_size
+            record["prompt_items"] = (options.llm_max_prompt_items or "all") if model == "bundled" else "-"
             if model == "bundled":
                 record.update(_in_fresh_process(_llm_bundled_worker, spec, options.isolate))
             else:
@@ -1275,7 +1279,8 @@ def render_tables(results: dict[str, Any]) -> str:
         suite = suites["llm"]
         parts.append("### LLM stage (intent generation)\n\n" + _machine_line(suite))
         values = ["prompts_per_s", "mean_prompt_tokens", "weights_mib", "generation_mib", "peak_mib"]
-        parts.append(_records_table(suite["records"], ["model", "weights", "precision"], values))
+        labels = ["model", "weights", "precision", "batch", "prompt_items"]
+        parts.append(_records_table(suite["records"], labels, values))
     if results.get("targets"):
         parts.append("### Targets\n\n" + _table(["target", "status", "numbers"], [
             [t["target"], t["status"], t["detail"]] for t in results["targets"]
@@ -1416,6 +1421,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recbole-script", default="bench/recbole_peer.py")
     parser.add_argument("--llm-models", nargs="+", help=f"bundled or {', '.join(RANDOM_LLM_CONFIGS)}")
     parser.add_argument("--llm-prompts", type=int, default=8, help="prompts per LLM measurement")
+    parser.add_argument("--llm-batch-size", type=int, default=8, help="prompts per generation batch")
+    parser.add_argument(
+        "--llm-max-prompt-items", type=int, help="bundled LLM prompts show the last N clicks (default: all)"
+    )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
         "--tables", metavar="RESULTS_DIR", help="only print the markdown tables of a results folder"
@@ -1431,7 +1440,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device, shapes=tuple(args.shapes), providers=tuple(args.providers), rounds=args.rounds,
         threads=args.threads, epochs=args.epochs, recbole_python=args.recbole_python,
         recbole_script=args.recbole_script, llm_models=tuple(args.llm_models) if args.llm_models else None,
-        llm_prompts=args.llm_prompts, plots=not args.no_plots,
+        llm_prompts=args.llm_prompts, llm_batch_size=args.llm_batch_size,
+        llm_max_prompt_items=args.llm_max_prompt_items, plots=not args.no_plots,
     )  # fmt: skip
     suites = SUITES if args.suite == "all" else (args.suite,)
     results = run_benchmarks(suites, args.out, options)

@@ -5,6 +5,7 @@ fingerprints) are right on known inputs."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from fakes import tiny_dataset
 from llm4sbr.bench import (
     BenchOptions,
     Shape,
+    _real_prompts,
     kernel_case,
     peak_memory_mib,
     render_tables,
@@ -88,3 +90,13 @@ def test_samples_fingerprint_ignores_order_only() -> None:
     assert a == samples_fingerprint([["3"], ["1", "2"]], ["5", "4"])
     assert a != samples_fingerprint([["1", "2"], ["3"]], ["5", "4"])
     assert a != samples_fingerprint([["12"], ["3"]], ["4", "5"])
+
+
+def test_llm_prompts_show_the_last_max_prompt_items_clicks() -> None:
+    def clicks(prompt: str) -> list[str]:
+        return [line.split(". ", 1)[1] for line in prompt.splitlines() if re.match(r"\d+\. ", line)]
+
+    full, cut = _real_prompts(4), _real_prompts(4, max_items=2)
+    assert max(len(clicks(p)) for p in full) > 2
+    for whole, last in zip(full, cut, strict=True):
+        assert clicks(last) == clicks(whole)[-2:]
