@@ -180,10 +180,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from llm4sbr.train import train
 
     out = Path(args.out or f"runs/{Path(args.data).name}")
-    dataset = load_dataset(args.data, args.preset)
+    base = load_yaml(TrainConfig, args.train_config) if args.train_config else TrainConfig()
+    # As train() would load it: the validation carve follows the seed and valid_fraction.
+    dataset = load_dataset(args.data, args.preset, seed=args.seed, valid_fraction=base.valid_fraction)
     print(f"[1/4] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")
     intents = infer_intents(dataset, intent_config(args), out / "intents", progress=not args.quiet)
-    base = load_yaml(TrainConfig, args.train_config) if args.train_config else TrainConfig()
     rows, results = {}, {}
     for step, model in enumerate(("srgnn", "llm4sbr"), start=2):
         config = dataclasses.replace(

@@ -67,3 +67,26 @@ def test_run_on_ml100k_then_serve_and_evaluate(tmp_path, capsys):
     assert len(lines) == 5
     assert main(["recommend", "--checkpoint", str(out / "llm4sbr" / "best.pt"), "no-such-item"]) == 2
     assert "unknown item ids" in capsys.readouterr().err
+
+
+def test_run_carves_validation_as_train_would(tmp_path, monkeypatch):
+    """``run`` loads its dataset with --seed and the train config's valid_fraction."""
+    import llm4sbr.data
+
+    calls = []
+
+    class Loaded(Exception):
+        pass
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise Loaded
+
+    monkeypatch.setattr(llm4sbr.data, "load_dataset", load_dataset)
+    config = tmp_path / "train.yaml"
+    config.write_text("valid_fraction: 0.25\n")
+    with pytest.raises(Loaded):
+        main(
+            ["run", "--data", "ml-100k", "--seed", "3", "--train-config", str(config), "--out", str(tmp_path)]
+        )
+    assert calls == [(("ml-100k", None), {"seed": 3, "valid_fraction": 0.25})]
