@@ -236,6 +236,11 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         args.items, k=args.k, exclude_seen=args.exclude_seen, on_unknown=args.on_unknown
     ):
         print(f"{item}\t{score:.4f}")
+    if args.explain:
+        explained = recommender.explain(args.items, k=args.explain, on_unknown=args.on_unknown)
+        for view, nearest in explained.items():
+            items = "; ".join(f"{name} [{item}] {cosine:.2f}" for item, name, cosine in nearest)
+            print(f"# {view}-term intent is nearest to: {items}")
     return 0
 
 
@@ -280,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=20)
     p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the session")
     p.add_argument("--on-unknown", choices=("raise", "skip"), default="raise")
+    p.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print the N catalog items nearest each predicted intent (LLM4SBR only)",
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_recommend)
 

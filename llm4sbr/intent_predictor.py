@@ -16,7 +16,9 @@ without such samples get the mean over all training samples. The cache alone is 
 non-parametric predictor; the learned term corrects it. Loss: mean squared error.
 
 :func:`train_intent_predictor` writes ``intent_predictor.pt`` next to an LLM4SBR checkpoint,
-where :class:`llm4sbr.serve.Recommender` finds it.
+where :class:`llm4sbr.serve.Recommender` finds it. When the stage-1 folder holds the encoded
+catalog (``catalog.npz``), the file keeps it and the item names, and :class:`IntentExplainer`
+names the catalog items nearest (cosine) to a session's predicted intents.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from tqdm.auto import tqdm
 
 from llm4sbr.checkpoint import load_checkpoint, save_checkpoint
 from llm4sbr.data import SampleSet, SessionDataset, load_dataset, make_loader
+from llm4sbr.intent.prompts import VIEWS
+from llm4sbr.intent.store import load_catalog
 from llm4sbr.train import IntentLookup, load_trained
 
 PREDICTOR_FILE = "intent_predictor.pt"
@@ -117,6 +121,51 @@ class IntentPredictor(nn.Module):
             return predicted
         cache = torch.stack([counts @ self.item_cache[:, 0], self.item_cache[last_item, 1]], dim=1)
         return predicted + cache
+
+
+class IntentExplainer:
+    """Names the catalog items nearest (cosine) to the predicted (long, short) intents of sessions.
+
+    ``catalog_ids`` [m] model ids of the items stage 1 localized onto, ``catalog_vectors``
+    [m, d_text] their encoded names (stage 1's ``catalog.npz``), ``names[i]`` the name of model
+    item i.
+    """
+
+    def __init__(
+        self,
+        predictor: IntentPredictor,
+        catalog_ids: torch.Tensor,
+        catalog_vectors: torch.Tensor,
+        names: list[str],
+    ) -> None:
+        if catalog_vectors.ndim != 2 or catalog_vectors.shape[1] != predictor.d_text:
+            raise ValueError(
+                f"catalog vectors must be [m, {predictor.d_text}], got {list(catalog_vectors.shape)}"
+            )
+        if catalog_ids.shape != catalog_vectors.shape[:1]:
+            raise ValueError(f"{len(catalog_ids)} catalog ids for {len(catalog_vectors)} vectors")
+        self.predictor = predictor
+        self.catalog_ids = catalog_ids
+        self.unit_catalog = F.normalize(catalog_vectors.float(), dim=-1)
+        self.names = names
+
+    @torch.inference_mode()
+    def explain(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, k: int = 3
+    ) -> list[dict[str, list[tuple[int, float]]]]:
+        """Per session: {"long": [(model id, cosine)] * k, "short": ...}, nearest first."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        intents = F.normalize(self.predictor(item_seq, item_seq_len).float(), dim=-1)
+        cosine, rows = (intents @ self.unit_catalog.T).topk(min(k, len(self.catalog_ids)), dim=-1)
+        ids = self.catalog_ids[rows]
+        return [
+            {
+                view: list(zip(ids[b, v].tolist(), cosine[b, v].tolist(), strict=True))
+                for v, view in enumerate(VIEWS)
+            }
+            for b in range(len(item_seq))
+        ]
 
 
 def item_intent_cache(samples: SampleSet, intents: IntentLookup, n_items: int) -> torch.Tensor:
@@ -248,9 +297,22 @@ def train_intent_predictor(
             )
 
     path = Path(out) if out is not None else Path(checkpoint).parent / PREDICTOR_FILE
+    catalog = load_catalog(intents)
+    explanation = {}
+    if catalog is not None and catalog[1].shape[1] != lookup.d_text:
+        raise ValueError(
+            f"{intents}: catalog vectors have d {catalog[1].shape[1]}, the intents {lookup.d_text}"
+        )
+    if catalog is not None:
+        explanation = {
+            "catalog_ids": torch.from_numpy(catalog[0]),
+            "catalog_vectors": torch.from_numpy(catalog[1]),
+            "item_names": json.dumps(list(dataset.item_names)),
+        }
     save_checkpoint(
         path,
         {
+            **explanation,
             "kind": KIND,
             "config": json.dumps(asdict(config)),
             "n_items": dataset.n_items,
@@ -278,3 +340,12 @@ def load_intent_predictor(
     predictor = IntentPredictor(n_items, d_text, int(payload["dim"]), cache)
     predictor.load_state_dict(payload["model"])
     return predictor.to(device).eval(), payload
+
+
+def load_explainer(predictor: IntentPredictor, payload: dict) -> IntentExplainer | None:
+    """The explainer a saved predictor carries (None: its stage-1 folder had no catalog)."""
+    if "catalog_vectors" not in payload:
+        return None
+    return IntentExplainer(
+        predictor, payload["catalog_ids"], payload["catalog_vectors"], json.loads(payload["item_names"])
+    )

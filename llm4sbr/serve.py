@@ -2,6 +2,7 @@
 
     rec = Recommender.load("runs/llm4sbr/best.pt")           # finds intent_predictor.pt beside it
     rec.recommend(["50", "172", "133"], k=20)                 # -> [(item_id, score), ...] best first
+    rec.explain(["50", "172", "133"])                         # catalog items nearest each intent
 
 An LLM4SBR checkpoint gets the intents of a new session from the intent predictor
 (:mod:`llm4sbr.intent_predictor`, trained by ``train_intent_predictor`` after training); an SRGNN
@@ -22,7 +23,14 @@ from torch import nn
 from llm4sbr.config import TrainConfig, from_dict
 from llm4sbr.data import SessionDataset, load_dataset, make_loader
 from llm4sbr.data.graph import SessionGraph
-from llm4sbr.intent_predictor import PREDICTOR_FILE, IntentPredictor, check_catalog, load_intent_predictor
+from llm4sbr.intent_predictor import (
+    PREDICTOR_FILE,
+    IntentExplainer,
+    IntentPredictor,
+    check_catalog,
+    load_explainer,
+    load_intent_predictor,
+)
 from llm4sbr.metrics import RankAccumulator
 from llm4sbr.models import LLM4SBR
 from llm4sbr.models.scoring import GRAPH_KEYS
@@ -93,17 +101,19 @@ def _predictor_path(checkpoint: str | Path, predictor: str | Path | None) -> Pat
 
 def load_serving_model(
     checkpoint: str | Path, predictor: str | Path | None = None, device: str | torch.device = "cpu"
-) -> tuple[ServingModel, dict]:
-    """(ServingModel in eval mode, checkpoint payload) of a run's best.pt; an LLM4SBR run loads
-    ``predictor`` (default: intent_predictor.pt beside the checkpoint)."""
+) -> tuple[ServingModel, dict, IntentExplainer | None]:
+    """(ServingModel in eval mode, checkpoint payload, intent explainer or None) of a run's
+    best.pt; an LLM4SBR run loads ``predictor`` (default: intent_predictor.pt beside the
+    checkpoint)."""
     model, _, payload = load_trained(checkpoint, device)
-    intent_predictor = None
+    intent_predictor = explainer = None
     if int(payload["d_text"]):
         path = _predictor_path(checkpoint, predictor)
         intent_predictor, predictor_payload = load_intent_predictor(path, device)
         if predictor_payload["items"] != payload["items"]:
             raise ValueError(f"{path} was trained for another item catalog than {checkpoint}")
-    return ServingModel(model, intent_predictor).eval(), payload
+        explainer = load_explainer(intent_predictor, predictor_payload)
+    return ServingModel(model, intent_predictor).eval(), payload, explainer
 
 
 class Recommender:
@@ -112,7 +122,8 @@ class Recommender:
     ``scorer(item_seq [B, L], item_seq_len [B]) -> [B, n_items + 1]`` scores model item ids (a
     :class:`ServingModel` or an exported program, see :mod:`llm4sbr.export`); ``item_ids[i]`` is
     the raw id of model item i (index 0 is padding); sessions keep their ``max_len`` most recent
-    clicks (None: all), as in training.
+    clicks (None: all), as in training. ``explainer`` (an LLM4SBR run whose stage-1 folder held
+    the encoded catalog) backs :meth:`explain`.
     """
 
     def __init__(
@@ -122,8 +133,10 @@ class Recommender:
         *,
         max_len: int | None = None,
         device: str | torch.device = "cpu",
+        explainer: IntentExplainer | None = None,
     ) -> None:
         self.scorer = scorer
+        self.explainer = explainer
         self.item_ids = list(item_ids)
         self.model_ids = {raw: i for i, raw in enumerate(self.item_ids) if i > 0}
         self.max_len = max_len
@@ -139,9 +152,10 @@ class Recommender:
     ) -> Recommender:
         """From a run's best.pt (and, for LLM4SBR, its intent predictor: ``predictor`` or
         intent_predictor.pt beside the checkpoint)."""
-        serving, payload = load_serving_model(checkpoint, predictor, device)
+        serving, payload, explainer = load_serving_model(checkpoint, predictor, device)
         max_len = json.loads(payload["config"]).get("max_len")
-        return cls(serving, json.loads(payload["items"]), max_len=max_len, device=device)
+        items = json.loads(payload["items"])
+        return cls(serving, items, max_len=max_len, device=device, explainer=explainer)
 
     @property
     def n_items(self) -> int:
@@ -213,6 +227,26 @@ class Recommender:
             for items, values in zip(top_items.tolist(), top_scores.tolist(), strict=True)
         ]
 
+    def explain(
+        self, session_item_ids: Sequence[str | int], k: int = 3, on_unknown: str = "raise"
+    ) -> dict[str, list[tuple[str, str, float]]]:
+        """Why the model recommends what it does: for the session's predicted long-term and
+        short-term intents (no LLM call), the ``k`` catalog items whose encoded names are
+        nearest (cosine), as {"long": [(raw item id, name, cosine)], "short": [...]}."""
+        if self.explainer is None:
+            raise ValueError(
+                "no intent explanations here: they need an LLM4SBR checkpoint whose intent "
+                "predictor was trained from a stage-1 folder holding catalog.npz (llm4sbr "
+                "infer-intents writes it; rerun it, then train_intent_predictor)"
+            )
+        session = self.to_model_ids(session_item_ids, on_unknown)
+        explained = self.explainer.explain(*self.encode([session]), k=k)[0]
+        names = self.explainer.names
+        return {
+            view: [(self.item_ids[i], names[i], cosine) for i, cosine in nearest]
+            for view, nearest in explained.items()
+        }
+
 
 def evaluate_paths(
     checkpoint: str | Path,
@@ -234,7 +268,7 @@ def evaluate_paths(
 
     ``dataset`` defaults to the run's dataset rebuilt from its config.
     """
-    serving, payload = load_serving_model(checkpoint, predictor, device)
+    serving, payload, _ = load_serving_model(checkpoint, predictor, device)
     if serving.predictor is None:
         raise ValueError(f"{checkpoint} is not an LLM4SBR run: there are no intent paths to compare")
     config = from_dict(TrainConfig, json.loads(payload["config"]))

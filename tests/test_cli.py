@@ -65,6 +65,11 @@ def test_run_on_ml100k_then_serve_and_evaluate(tmp_path, capsys):
     assert main(["recommend", "--checkpoint", str(out / "llm4sbr" / "best.pt"), "50", "172", "-k", "5"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5
+    explain = ["recommend", "--checkpoint", str(out / "llm4sbr" / "best.pt"), "50", "172", "--explain", "2"]
+    assert main([*explain, "-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and lines[3].startswith("# long-term intent is nearest to: ")
+    assert lines[4].startswith("# short-term") and lines[4].count("; ") == 1
     assert main(["recommend", "--checkpoint", str(out / "llm4sbr" / "best.pt"), "no-such-item"]) == 2
     assert "unknown item ids" in capsys.readouterr().err
 

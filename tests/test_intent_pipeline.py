@@ -21,6 +21,7 @@ from llm4sbr.intent import (
     add_arguments,
     config_from_args,
     infer_intents,
+    load_catalog,
     load_intents,
     localize,
     postprocess_answer,
@@ -101,6 +102,10 @@ def test_outputs_cover_all_splits_and_match_a_manual_computation(tmp_path: Path)
         assert key in meta
     assert meta["shape"] == [9, 2, HashingEncoder().dim]
     assert result.meta == meta
+
+    written_ids, written_vectors = load_catalog(out)
+    np.testing.assert_array_equal(written_ids, catalog_ids)
+    np.testing.assert_array_equal(written_vectors, catalog)
 
 
 def test_prompts_use_the_prefix_never_the_target(tmp_path: Path) -> None:
@@ -303,3 +308,17 @@ def test_a_rewrite_killed_midway_leaves_no_loadable_mix(
         run(tmp_path, limit=2)
     with pytest.raises(FileNotFoundError, match="meta.json"):
         load_intents(tmp_path / "out")
+
+
+def test_catalog_file_validation(tmp_path: Path) -> None:
+    from llm4sbr.intent.store import CATALOG_FILE, write_catalog
+
+    assert load_catalog(tmp_path) is None
+    with pytest.raises(ValueError, match="do not match"):
+        write_catalog(tmp_path, np.arange(3), np.zeros((2, 4)))
+    (tmp_path / CATALOG_FILE).write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="unreadable catalog"):
+        load_catalog(tmp_path)
+    np.savez(tmp_path / CATALOG_FILE, ids=np.arange(3), vectors=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="expected ids"):
+        load_catalog(tmp_path)

@@ -10,7 +10,14 @@ from fakes import fake_intents, tiny_dataset
 
 import llm4sbr
 from llm4sbr.config import TrainConfig
-from llm4sbr.intent.store import FORMAT, INTENTS_FILE, ids_digest, write_meta, write_sample_ids
+from llm4sbr.intent.store import (
+    FORMAT,
+    INTENTS_FILE,
+    ids_digest,
+    write_catalog,
+    write_meta,
+    write_sample_ids,
+)
 from llm4sbr.intent_predictor import (
     PREDICTOR_FILE,
     IntentPredictor,
@@ -22,6 +29,8 @@ from llm4sbr.intent_predictor import (
 from llm4sbr.kernels import use_backend
 from llm4sbr.serve import Recommender, ServingModel, UnknownItemError, evaluate_paths
 from llm4sbr.train import IntentLookup, load_trained, train
+
+D_TEXT = 12  # fake_intents' width
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +68,8 @@ def runs(tmp_path_factory):
         )
         srgnn = train(TrainConfig(**base), root / "srgnn", dataset=ds, progress=False)
         fit_only = write_intents(root / "fit-intents", ds, splits=("train", "valid"))
+        catalog = np.random.default_rng(1).normal(size=(ds.n_items - 1, D_TEXT)).astype(np.float32)
+        write_catalog(fit_only, np.arange(2, ds.n_items + 1), catalog)  # item 1 has no name
         predictor = train_intent_predictor(
             root / "llm" / "best.pt",
             config=PredictorConfig(epochs=40, lr=0.01),
@@ -193,3 +204,27 @@ def test_recommender_is_exported_lazily():
     assert llm4sbr.Recommender is Recommender
     code = "import sys, llm4sbr; assert 'llm4sbr.serve' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_explain_names_the_catalog_items_nearest_each_predicted_intent(runs):
+    rec = Recommender.load(runs["root"] / "llm" / "best.pt")
+    explained = rec.explain(["raw4", "raw5", "raw6"], k=3)
+    predictor, _ = load_intent_predictor(runs["predictor"].path)
+    with torch.no_grad():
+        intent = predictor(torch.tensor([[4, 5, 6]]), torch.tensor([3]))[0]
+    catalog_ids, catalog = torch.arange(2, runs["ds"].n_items + 1), rec.explainer.unit_catalog
+    for v, view in enumerate(("long", "short")):
+        cosine = torch.nn.functional.cosine_similarity(intent[v][None], catalog, dim=-1)
+        values, rows = cosine.topk(3)
+        expected = [f"raw{i}" for i in catalog_ids[rows].tolist()]
+        assert [item for item, _, _ in explained[view]] == expected
+        assert [c for _, _, c in explained[view]] == pytest.approx(values.tolist(), abs=1e-5)
+        names = [runs["ds"].item_names[i] for i in catalog_ids[rows].tolist()]
+        assert [name for _, name, _ in explained[view]] == names
+    with pytest.raises(UnknownItemError):
+        rec.explain(["no-such-item"])
+
+
+def test_explain_needs_an_llm4sbr_run_with_a_catalog(runs):
+    with pytest.raises(ValueError, match="no intent explanations"):
+        Recommender.load(runs["root"] / "srgnn" / "best.pt").explain(["raw4"])

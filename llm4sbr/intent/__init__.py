@@ -15,7 +15,7 @@ from .encode import HashingEncoder, TextEncoder, make_encoder
 from .infer import IntentResult, infer_intents
 from .localize import localize
 from .prompts import VIEWS, build_prompt
-from .store import load_intents, save_intents
+from .store import load_catalog, load_intents, save_intents
 
 __all__ = [
     "VIEWS",
@@ -32,6 +32,7 @@ __all__ = [
     "build_prompt",
     "config_from_args",
     "infer_intents",
+    "load_catalog",
     "load_intents",
     "localize",
     "make_backend",

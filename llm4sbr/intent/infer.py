@@ -30,6 +30,7 @@ from .store import (
     load_intents,
     standard_meta,
     write_answers,
+    write_catalog,
     write_intents,
     write_meta,
     write_sample_ids,
@@ -152,8 +153,10 @@ def infer_intents(
     encoder = encoder or make_encoder(config.encoder, device)
     distinct_answers = list(dict.fromkeys(a for pair in answers for a in pair))
     catalog_ids = [i for i in range(1, dataset.n_items + 1) if dataset.item_names[i]]
-    catalog = encoder.encode([dataset.item_names[i] for i in catalog_ids]) if config.r > 0 else None
-    answer_vectors = localize(encoder.encode(distinct_answers), catalog, config.r, config.localize_reduce)
+    catalog = encoder.encode([dataset.item_names[i] for i in catalog_ids])
+    answer_vectors = localize(
+        encoder.encode(distinct_answers), catalog if config.r > 0 else None, config.r, config.localize_reduce
+    )
     row_of = {a: i for i, a in enumerate(distinct_answers)}
     answer_rows = np.array([[row_of[lt], row_of[st]] for lt, st in answers], dtype=np.int64).reshape(-1, 2)
     shape = (len(sample_ids), len(VIEWS), encoder.dim)
@@ -165,6 +168,7 @@ def infer_intents(
     write_intents(out_dir, shape, blocks)
     write_sample_ids(out_dir, sample_ids)
     write_answers(out_dir, sample_ids, answers)
+    write_catalog(out_dir, np.asarray(catalog_ids, dtype=np.int64), catalog)
     encode_s = time.perf_counter() - encode_started
     total_s = time.perf_counter() - started
 

@@ -3,6 +3,9 @@
 * ``intents.npy``: [n_samples, 2, d_text] float32, axis 1 = (long, short) view.
 * ``sample_ids.npy``: [n_samples] int64, the sample id of each row (join on id, never on order).
 * ``answers.jsonl``: one ``{"sample_id", "long", "short"}`` line per row, the post-processed answers.
+* ``catalog.npz``: ``ids`` [m] int64 model ids of the catalog items (those with a name) and
+  ``vectors`` [m, d_text] float32 their encoded names, the space the intents are localized in
+  (read by the intent predictor to explain predicted intents).
 * ``meta.json``: models, precision, template hash, r, counts, timings, peak memory, and the
   shape and a hash of the ids, so :func:`load_intents` can tell a consistent folder from a mixed one.
 
@@ -29,6 +32,7 @@ INTENTS_FILE = "intents.npy"
 SAMPLE_IDS_FILE = "sample_ids.npy"
 ANSWERS_FILE = "answers.jsonl"
 META_FILE = "meta.json"
+CATALOG_FILE = "catalog.npz"
 FORMAT = 1
 
 
@@ -72,6 +76,31 @@ def write_intents(out_dir: Path, shape: tuple[int, int, int], blocks: Iterable[n
             rows += len(block)
         if rows != shape[0]:
             raise ValueError(f"wrote {rows} intent rows, expected {shape[0]}")
+
+
+def write_catalog(out_dir: Path, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """``catalog.npz``: item model ids [m] and their encoded names [m, d_text]."""
+    ids, vectors = np.asarray(ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or ids.shape != (len(vectors),):
+        raise ValueError(f"catalog ids {ids.shape} and vectors {vectors.shape} do not match")
+    with atomic_writer(out_dir / CATALOG_FILE) as f:
+        np.savez(f, ids=ids, vectors=vectors)
+
+
+def load_catalog(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids [m] int64, vectors [m, d_text] float32) from ``catalog.npz``, or None when the folder
+    has none (folders written before it existed, or by :func:`save_intents`)."""
+    path = Path(out_dir) / CATALOG_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            ids, vectors = data["ids"], data["vectors"]
+    except (ValueError, OSError, KeyError, EOFError) as exc:
+        raise ValueError(f"{path}: unreadable catalog ({exc})") from exc
+    if vectors.ndim != 2 or ids.shape != (len(vectors),) or ids.dtype.kind not in "iu":
+        raise _fail(path, f"expected ids [m] and vectors [m, d], got {ids.shape} and {vectors.shape}")
+    return ids.astype(np.int64), vectors.astype(np.float32)
 
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
