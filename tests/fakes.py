@@ -6,6 +6,16 @@ import numpy as np
 
 from llm4sbr.data.dataset import SampleSet, SessionDataset
 
+MOVIE_NAMES = [
+    "",
+    "Toy Story (1995) -- Animation|Children's|Comedy",
+    "GoldenEye (1995) -- Action|Adventure|Thriller",
+    "Misery (1990) -- Horror",
+    "Heat (1995) -- Action|Crime|Thriller",
+    "Babe (1995) -- Children's|Comedy|Drama",
+]
+"""MovieLens titles as the RecBole item file gives them, by model id (0 is padding)."""
+
 
 def tiny_dataset(n_items: int = 30, n_sessions: int = 60, max_len: int = 8, seed: int = 0) -> SessionDataset:
     """Sessions that walk through the catalog with small strides (so the next item is learnable),

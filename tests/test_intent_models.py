@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import MOVIE_NAMES
 
 from llm4sbr.data.dataset import SampleSet, SessionDataset
 from llm4sbr.intent import IntentConfig, infer_intents, load_intents, make_backend, make_encoder
@@ -31,14 +32,7 @@ pytestmark = [
     ),
 ]
 
-NAMES = [
-    "",
-    "Toy Story (1995) -- Animation|Children's|Comedy",
-    "GoldenEye (1995) -- Action|Adventure|Thriller",
-    "Misery (1990) -- Horror",
-    "Heat (1995) -- Action|Crime|Thriller",
-    "Babe (1995) -- Children's|Comedy|Drama",
-]
+NAMES = MOVIE_NAMES
 PREFIXES = [[1, 5], [2, 4, 2], [3]]
 
 

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fakes import MOVIE_NAMES
 
 from llm4sbr.intent import build_prompt, postprocess_answer
 from llm4sbr.intent.prompts import template_hash
 
-NAMES = [
-    "",
-    "Toy Story (1995) -- Animation|Children's|Comedy",
-    "GoldenEye (1995) -- Action|Adventure|Thriller",
-    "Misery (1990) -- Horror",
-    "Heat (1995) -- Action|Crime|Thriller",
-]
+NAMES = MOVIE_NAMES
 
 
 def test_long_term_prompt_is_exact() -> None:
