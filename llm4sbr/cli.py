@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llm4sbr.atomic import write_atomic
 from llm4sbr.config import TrainConfig, from_dict, load_yaml
 
 METRIC_COLUMNS = ("hit@5", "hit@10", "hit@20", "mrr@5", "mrr@10", "mrr@20", "ndcg@10", "ndcg@20")
@@ -69,15 +70,19 @@ def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str] = MET
     return "\n".join([head, rule, *body])
 
 
-def format_mean_std(runs: list[dict[str, float]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
-    """One markdown row per metric: mean +- sample std over runs, in percent."""
+def format_mean_std(runs: dict[str, list[dict[str, float]]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
+    """One markdown row per metric and one column per name in ``runs``: mean +- sample std of
+    that name's runs, in percent."""
     import statistics
 
-    lines = ["| metric | mean | std |", "|---|---:|---:|"]
+    lines = ["| metric | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
     for c in columns:
-        values = [100 * r[c] for r in runs]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"| {c} | {statistics.fmean(values):.2f} | {std:.2f} |")
+        cells = []
+        for named in runs.values():
+            values = [100 * r[c] for r in named]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.2f} ± {std:.2f}")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -113,14 +118,15 @@ def _train_seeds(config: TrainConfig, args: argparse.Namespace) -> int:
         result = train(seeded, out / f"seed{seed}", dataset=dataset, resume=True, progress=not args.quiet)
         print(f"seed {seed}: best epoch {result.best_epoch}, test hit@20 {100 * result.test['hit@20']:.2f}")
         runs.append({"seed": seed, **dataclasses.asdict(result)})
-    table = format_mean_std([r["test"] for r in runs])
-    (out / "summary.json").write_text(
-        json.dumps({"config": dataclasses.asdict(config), "runs": runs}, indent=2)
+    table = format_mean_std({config.model: [r["test"] for r in runs]})
+    write_atomic(
+        out / "summary.json", json.dumps({"config": dataclasses.asdict(config), "runs": runs}, indent=2)
     )
-    (out / "summary.md").write_text(table + "\n")
+    write_atomic(out / "summary.md", table + "\n")
     n_test = len(dataset.splits["test"])
     print(
-        f"\n{config.model} on {config.data}: test metrics (%) over seeds {args.seeds}, {n_test} test samples"
+        f"\n{config.model} on {config.data}: test metrics (%, mean ± std) over seeds {args.seeds}, "
+        f"{n_test} test samples"
     )
     print(table)
     return 0
@@ -171,21 +177,21 @@ def _cmd_infer_intents(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from llm4sbr.data import load_dataset
-    from llm4sbr.intent import config_from_args as intent_config
-    from llm4sbr.intent import infer_intents
+PATH_NAMES = {
+    "srgnn": "SRGNN",
+    "oracle": "LLM4SBR, stage-1 LLM intents",
+    "predictor": "LLM4SBR, predicted intents (no LLM)",
+}
+
+
+def _stage2(args: argparse.Namespace, base: TrainConfig, dataset: Any, intents: Path, out: Path, seed: int):
+    """SRGNN and LLM4SBR on ``dataset`` (resumed when done before), the intent predictor, and the
+    three test paths of :func:`llm4sbr.serve.evaluate_paths`, under ``out``."""
     from llm4sbr.intent_predictor import PREDICTOR_FILE, train_intent_predictor
     from llm4sbr.serve import evaluate_paths
     from llm4sbr.train import train
 
-    out = Path(args.out or f"runs/{Path(args.data).name}")
-    base = load_yaml(TrainConfig, args.train_config) if args.train_config else TrainConfig()
-    # As train() would load it: the validation carve follows the seed and valid_fraction.
-    dataset = load_dataset(args.data, args.preset, seed=args.seed, valid_fraction=base.valid_fraction)
-    print(f"[1/4] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")
-    intents = infer_intents(dataset, intent_config(args), out / "intents", progress=not args.quiet)
-    rows, results = {}, {}
+    results = {}
     for step, model in enumerate(("srgnn", "llm4sbr"), start=2):
         config = dataclasses.replace(
             base,
@@ -193,29 +199,57 @@ def _cmd_run(args: argparse.Namespace) -> int:
             preset=args.preset,
             model=model,
             epochs=args.epochs or base.epochs,
-            seed=args.seed,
-            intents=str(intents.out_dir) if model == "llm4sbr" else None,
+            seed=seed,
+            intents=str(intents) if model == "llm4sbr" else None,
         )
-        print(f"[{step}/4] training {model} -> {out / model}")
+        print(f"[{step}/4] training {model} (seed {seed}) -> {out / model}")
         result = train(config, out / model, dataset=dataset, resume=True, progress=not args.quiet)
         results[model] = dataclasses.asdict(result)
-    print("[4/4] intent predictor for serving without an LLM")
+    print(f"[4/4] intent predictor for serving without an LLM (seed {seed})")
     best = out / "llm4sbr" / "best.pt"
     predictor = best.parent / PREDICTOR_FILE
     if not predictor.exists() or predictor.stat().st_mtime < best.stat().st_mtime:
         train_intent_predictor(best, dataset=dataset, progress=not args.quiet)
-    paths = evaluate_paths(best, srgnn_checkpoint=out / "srgnn" / "best.pt", dataset=dataset)
-    rows = {
-        "SRGNN": paths["srgnn"],
-        "LLM4SBR, stage-1 LLM intents": paths["oracle"],
-        "LLM4SBR, predicted intents (no LLM)": paths["predictor"],
-    }
-    results["paths"] = paths
-    table = format_table(rows)
+    results["paths"] = evaluate_paths(best, srgnn_checkpoint=out / "srgnn" / "best.pt", dataset=dataset)
+    return results
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from llm4sbr.data import load_dataset
+    from llm4sbr.intent import config_from_args as intent_config
+    from llm4sbr.intent import infer_intents
+
+    out = Path(args.out or f"runs/{Path(args.data).name}")
+    base = load_yaml(TrainConfig, args.train_config) if args.train_config else TrainConfig()
+    seeds = args.seeds or [args.seed]
+    if args.seeds and args.limit is not None:
+        raise ValueError("--limit cannot be combined with --seeds: each seed carves another validation split")
+
+    def split(seed: int) -> Any:
+        # As train() would load it: the validation carve follows the seed and valid_fraction.
+        return load_dataset(args.data, args.preset, seed=seed, valid_fraction=base.valid_fraction)
+
+    dataset = split(seeds[0])
+    print(f"[1/4] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")
+    intents = infer_intents(dataset, intent_config(args), out / "intents", progress=not args.quiet)
+    if not args.seeds:
+        results = _stage2(args, base, dataset, intents.out_dir, out, args.seed)
+        table = format_table({PATH_NAMES[k]: results["paths"][k] for k in PATH_NAMES})
+        heading = "test metrics (%)"
+    else:
+        # Stage 1 covers every sample, whatever the split: each seed reuses it.
+        results = {}
+        for seed in seeds:
+            seeded = dataset if seed == seeds[0] else split(seed)
+            results[f"seed{seed}"] = _stage2(args, base, seeded, intents.out_dir, out / f"seed{seed}", seed)
+        table = format_mean_std(
+            {name: [r["paths"][k] for r in results.values()] for k, name in PATH_NAMES.items()}
+        )
+        heading = f"test metrics (%, mean ± std over seeds {seeds})"
     summary = {"intents": intents.meta, "results": results}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "summary.md").write_text(table + "\n")
-    print(f"\ntest metrics (%), {len(dataset.splits['test'])} test samples, selected on validation:")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    write_atomic(out / "summary.md", table + "\n")
+    print(f"\n{heading}, {len(dataset.splits['test'])} test samples, selected on validation:")
     print(table)
     return 0
 
@@ -321,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/<data>)")
     p.add_argument("--epochs", type=int, help="max training epochs (default: 30, or --train-config)")
     p.add_argument("--train-config", help="YAML of TrainConfig keys for both models")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="stage 2 once per seed (the seed also carves the validation split) under <out>/seed<S>, "
+        "then mean ± std of every path; stage 1 runs once",
+    )
     p.add_argument("--quiet", action="store_true")
     add_intent_flags(p)
     p.set_defaults(func=_cmd_run)

@@ -95,3 +95,28 @@ def test_run_carves_validation_as_train_would(tmp_path, monkeypatch):
             ["run", "--data", "ml-100k", "--seed", "3", "--train-config", str(config), "--out", str(tmp_path)]
         )
     assert calls == [(("ml-100k", None), {"seed": 3, "valid_fraction": 0.25})]
+
+
+@pytest.mark.skipif(not have_ml100k(), reason="needs ml-100k from the recbole wheel")
+def test_run_with_seeds_reports_mean_and_std_of_every_path(tmp_path, capsys):
+    out = tmp_path / "run"
+    config = tmp_path / "small.yaml"
+    config.write_text("dim: 8\nbatch_size: 200\n")
+    args = ["run", "--data", "ml-100k", "--out", str(out), "--epochs", "1", "--quiet", "--seeds", "0", "1"]
+    args += ["--backend", "fake", "--encoder", "fake", "--train-config", str(config)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "mean ± std over seeds [0, 1]" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["results"]) == {"seed0", "seed1"}
+    for seed in (0, 1):
+        result = json.loads((out / f"seed{seed}" / "llm4sbr" / "result.json").read_text())
+        assert result["config"]["seed"] == seed and result["config"]["dim"] == 8
+    valid = [summary["results"][s]["srgnn"]["valid"] for s in ("seed0", "seed1")]
+    assert valid[0] != valid[1]  # each seed carves its own validation split
+    hits = [100 * summary["results"][s]["paths"]["predictor"]["hit@20"] for s in ("seed0", "seed1")]
+    row = next(line for line in printed.splitlines() if line.startswith("| hit@20 |"))
+    assert row.split(" | ")[3].startswith(f"{sum(hits) / 2:.2f} ± ")
+
+    assert main([*args, "--limit", "5"]) == 2
+    assert "--limit cannot be combined with --seeds" in capsys.readouterr().err
