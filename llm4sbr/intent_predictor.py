@@ -255,6 +255,16 @@ def train_intent_predictor(
     lookup = IntentLookup.load(intents, fit_splits)
     if lookup.d_text != model.d_text:
         raise ValueError(f"the intents have d_text {lookup.d_text}, the model {model.d_text}")
+    catalog = load_catalog(intents)
+    explanation = {}
+    if catalog is not None:
+        if catalog[1].shape[1] != lookup.d_text:
+            raise ValueError(f"{intents}: catalog vectors have d {catalog[1].shape[1]}, not {lookup.d_text}")
+        explanation = {
+            "catalog_ids": torch.from_numpy(catalog[0]),
+            "catalog_vectors": torch.from_numpy(catalog[1]),
+            "item_names": json.dumps(list(dataset.item_names)),
+        }
 
     train_set, valid_set = dataset.splits["train"], dataset.splits["valid"]
     torch.manual_seed(config.seed)
@@ -297,18 +307,6 @@ def train_intent_predictor(
             )
 
     path = Path(out) if out is not None else Path(checkpoint).parent / PREDICTOR_FILE
-    catalog = load_catalog(intents)
-    explanation = {}
-    if catalog is not None and catalog[1].shape[1] != lookup.d_text:
-        raise ValueError(
-            f"{intents}: catalog vectors have d {catalog[1].shape[1]}, the intents {lookup.d_text}"
-        )
-    if catalog is not None:
-        explanation = {
-            "catalog_ids": torch.from_numpy(catalog[0]),
-            "catalog_vectors": torch.from_numpy(catalog[1]),
-            "item_names": json.dumps(list(dataset.item_names)),
-        }
     save_checkpoint(
         path,
         {
