@@ -89,3 +89,18 @@ def test_malformed_shards_are_corrupt(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "0001.json").write_bytes(content)
     with pytest.warns(CacheCorruptionWarning):
         assert len(AnswerCache(tmp_path)) == 0
+
+
+def test_generation_stats_sum_the_shards_holding_the_keys(tmp_path: Path) -> None:
+    cost = {"seconds": 2.0, "prompts": 2, "prompt_tokens": 100, "new_tokens": 10}
+    cache = AnswerCache(tmp_path)
+    cache.put_many(["k1", "k2"], ["a1", "a2"], cost)
+    cache.put_many(["k3"], ["a3"], {**cost, "seconds": 1.0, "prompts": 1})
+    cache.put_many(["k4"], ["a4"])  # written without stats
+    for loaded in (cache, AnswerCache(tmp_path)):
+        assert loaded.generation_stats(["k1", "k3", "k4", "k9"]) == {
+            "seconds": 3.0, "prompts": 3.0, "prompt_tokens": 200.0, "new_tokens": 20.0,
+            "shards": 2, "keys_without_stats": 2,
+        }  # fmt: skip
+        assert loaded.generation_stats(["k2"])["shards"] == 1
+        assert loaded.generation_stats([])["prompts"] == 0

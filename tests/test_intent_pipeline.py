@@ -136,10 +136,14 @@ def test_interrupted_run_resumes_generating_only_the_missing_prompts(tmp_path: P
     result = run(tmp_path, resumed)
     assert resumed.stats["prompts"] == 16 - 8 and resumed.stats["calls"] == 2
     assert result.meta["counts"]["from_cache"] == 8
+    # What all 16 answers cost survives the interruption (timing covers this call only).
+    cost = result.meta["all_answers_generation"]
+    assert (cost["prompts"], cost["shards"], cost["keys_without_stats"]) == (16, 4, 0)
 
     again = RecordingBackend()
     rerun = run(tmp_path, again)
     assert again.stats["calls"] == 0
+    assert rerun.meta["all_answers_generation"]["prompts"] == 16
     fresh = run(tmp_path / "fresh")
     np.testing.assert_array_equal(np.asarray(rerun.vectors), np.asarray(fresh.vectors))
 

@@ -5,10 +5,13 @@ changed model, quantisation or decoding setting never reuses a stale answer. Ans
 one batch per shard file, atomically: killing the process loses at most the batch in flight, and
 a rerun generates only the prompts whose keys are missing.
 
-Shard format (JSON): ``{"format": 1, "entries": [{"key", "answer", "check"}, ...]}`` where
-``check`` is a hash of key and answer. An unreadable shard is renamed to ``*.corrupt`` and an
-entry whose check fails is dropped; both are reported with :class:`CacheCorruptionWarning` and
-counted in :attr:`AnswerCache.corrupt`, and the affected prompts are generated again.
+Shard format (JSON): ``{"format": 1, "entries": [{"key", "answer", "check"}, ...], "stats": {}}``
+where ``check`` is a hash of key and answer and the optional ``stats`` hold what generating the
+batch cost (seconds, prompts, prompt and new tokens), so a resumed run can still report what all
+of its answers cost (:meth:`AnswerCache.generation_stats`). An unreadable shard is renamed to
+``*.corrupt`` and an entry whose check fails is dropped; both are reported with
+:class:`CacheCorruptionWarning` and counted in :attr:`AnswerCache.corrupt`, and the affected
+prompts are generated again.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from llm4sbr.atomic import write_atomic
 
 SHARD_FORMAT = 1
+STAT_FIELDS = ("seconds", "prompts", "prompt_tokens", "new_tokens")
 
 
 class CacheCorruptionWarning(UserWarning):
@@ -56,6 +60,7 @@ class AnswerCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.corrupt = 0
         self._answers: dict[str, str] = {}
+        self._shard_stats: list[tuple[frozenset[str], dict[str, float]]] = []
         for shard in sorted(self.root.glob("*.json")):
             self._load_shard(shard)
 
@@ -71,6 +76,9 @@ class AnswerCache:
             if doc.get("format") != SHARD_FORMAT or not isinstance(doc.get("entries"), list):
                 raise ValueError(f"unknown shard format {doc.get('format')!r}")
             entries = [(e["key"], e["answer"], e["check"]) for e in doc["entries"]]
+            stats = doc.get("stats")
+            if stats is not None:
+                stats = {name: float(stats[name]) for name in STAT_FIELDS}
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             shard.replace(shard.with_suffix(".corrupt"))
             self._report(f"unreadable shard {shard.name} ({exc}), moved to {shard.stem}.corrupt")
@@ -80,6 +88,8 @@ class AnswerCache:
                 self._answers[key] = answer
             else:
                 self._report(f"entry {str(key)[:16]}... in {shard.name} fails its check")
+        if stats is not None:
+            self._shard_stats.append((frozenset(key for key, _, _ in entries), stats))
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -90,17 +100,39 @@ class AnswerCache:
     def get(self, key: str) -> str | None:
         return self._answers.get(key)
 
-    def put_many(self, keys: Sequence[str], answers: Sequence[str]) -> Path:
-        """Store one batch as a new shard, atomically; returns the shard's path."""
+    def put_many(
+        self, keys: Sequence[str], answers: Sequence[str], stats: Mapping[str, float] | None = None
+    ) -> Path:
+        """Store one batch as a new shard, atomically, with what generating it cost (``stats``:
+        :data:`STAT_FIELDS`, or None); returns the shard's path."""
         if len(keys) != len(answers):
             raise ValueError(f"{len(keys)} keys but {len(answers)} answers")
+        doc: dict[str, object] = {"format": SHARD_FORMAT}
         entries = [
             {"key": k, "answer": a, "check": _entry_check(k, a)} for k, a in zip(keys, answers, strict=True)
         ]
         # Names sort in write order, so a later shard overrides an earlier one on load.
         shard = self.root / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-        write_atomic(
-            shard, json.dumps({"format": SHARD_FORMAT, "entries": entries}, ensure_ascii=False).encode()
-        )
+        doc["entries"] = entries
+        if stats is not None:
+            doc["stats"] = {name: float(stats[name]) for name in STAT_FIELDS}
+            self._shard_stats.append((frozenset(keys), doc["stats"]))
+        write_atomic(shard, json.dumps(doc, ensure_ascii=False))
         self._answers.update(zip(keys, answers, strict=True))
         return shard
+
+    def generation_stats(self, keys: Sequence[str]) -> dict[str, float]:
+        """What generating ``keys`` cost, summed over the shards that hold any of them
+        (:data:`STAT_FIELDS` plus ``shards``; shards written without stats are not counted,
+        and ``keys_without_stats`` says how many of ``keys`` are only in such shards or absent)."""
+        wanted = set(keys)
+        totals = dict.fromkeys(STAT_FIELDS, 0.0) | {"shards": 0}
+        covered: set[str] = set()
+        for shard_keys, stats in self._shard_stats:
+            if shard_keys & wanted:
+                totals["shards"] += 1
+                covered |= shard_keys & wanted
+                for name in STAT_FIELDS:
+                    totals[name] += stats[name]
+        totals["keys_without_stats"] = len(wanted - covered)
+        return totals

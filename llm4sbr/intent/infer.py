@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import SessionDataset
 from .backends import Backend, make_backend, postprocess_answer
-from .cache import AnswerCache, answer_key
+from .cache import STAT_FIELDS, AnswerCache, answer_key
 from .config import IntentConfig
 from .encode import Encoder, make_encoder
 from .localize import localize
@@ -77,6 +77,15 @@ def _peak_memory() -> dict[str, float | None]:
     return {"process_peak_rss_mb": rss_mb, "cuda_peak_allocated_mb": cuda_mb}
 
 
+def _all_answers_cost(cache: AnswerCache, keys: list[str]) -> dict[str, float | None]:
+    """What generating every answer of this run cost, in this call and in earlier interrupted
+    ones (``timing`` covers this call only), from the cache shards' records."""
+    cost = cache.generation_stats(keys)
+    seconds = cost["seconds"]
+    cost["prompts_per_s"] = round(cost["prompts"] / seconds, 3) if seconds else None
+    return cost
+
+
 def _generate_missing(
     prompts: list[str], keys: list[str], cache: AnswerCache, backend: Backend, batch_size: int, progress: bool
 ) -> int:
@@ -91,8 +100,10 @@ def _generate_missing(
     with bar:
         for start in range(0, len(missing), batch_size):
             idx = missing[start : start + batch_size]
+            before = dict(backend.stats)
             answers = backend.generate([prompts[i] for i in idx])
-            cache.put_many([keys[i] for i in idx], answers)
+            cost = {name: backend.stats[name] - before[name] for name in STAT_FIELDS}
+            cache.put_many([keys[i] for i in idx], answers, cost)
             bar.update(len(idx))
             seconds = backend.stats["seconds"]
             if seconds > 0:
@@ -212,6 +223,7 @@ def infer_intents(
             "prompt_tokens_per_s": per_second(stats["prompt_tokens"]),
         },
         "tokens": {"prompt": int(stats["prompt_tokens"]), "new": int(stats["new_tokens"])},
+        "all_answers_generation": _all_answers_cost(cache, keys),
         "peak_memory": _peak_memory(),
         "torch_threads": torch.get_num_threads(),
         "versions": {
