@@ -38,6 +38,7 @@ import csv
 import datetime
 import functools
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -125,7 +126,9 @@ class BenchOptions:
     so its peak memory is its own. llm_models: "bundled" (SmolLM2 GGUF, real prompts) or names
     in :data:`RANDOM_LLM_CONFIGS`; None picks "bundled" on CPU and smollm2-135m + qwen2-7b on
     CUDA. llm_max_prompt_items: the bundled runs' prompts show only the last N clicks (as
-    ``infer-intents --max-prompt-items``; None shows all). plots: write PNGs (needs matplotlib).
+    ``infer-intents --max-prompt-items``; None shows all). serve_checkpoint: a trained run's
+    best.pt whose ``Recommender.recommend`` (and ``explain``) the serve suite also times on the
+    run's test sessions, one at a time. plots: write PNGs (needs matplotlib).
     """
 
     device: str = "auto"
@@ -145,6 +148,7 @@ class BenchOptions:
     train_batch: int = 100
     serve_batches: tuple[int, ...] = (1, 256)
     serve_rounds: int = 100
+    serve_checkpoint: str | None = None
     data: str = "ml-100k"
     preset: str = "leave-one-out"
     dataset: Any = None
@@ -634,8 +638,45 @@ def _model_records(
 
 def run_serve(options: BenchOptions, device: torch.device) -> list[dict[str, Any]]:
     """``full_sort_predict`` latency per model, path and batch size (intents given, as when
-    they are cached or predicted; no LLM call)."""
-    return _model_records(options, device, "full_sort", options.serve_batches, options.serve_rounds)
+    they are cached or predicted; no LLM call), then :func:`_recommend_records`."""
+    records = _model_records(options, device, "full_sort", options.serve_batches, options.serve_rounds)
+    if options.serve_checkpoint:
+        records += _recommend_records(options, device)
+    return records
+
+
+def _recommend_records(options: BenchOptions, device: torch.device) -> list[dict[str, Any]]:
+    """Latency of ``Recommender.recommend(session, k=20)`` (and ``explain(session, k=3)`` when the
+    run has an explainer) of ``options.serve_checkpoint``, one call per test session of the run in
+    raw item ids, cycling through them: the serving path a user calls, with no LLM call."""
+    from llm4sbr.checkpoint import load_checkpoint
+    from llm4sbr.config import TrainConfig, from_dict
+    from llm4sbr.data import load_dataset
+    from llm4sbr.serve import Recommender
+
+    config = from_dict(TrainConfig, json.loads(load_checkpoint(options.serve_checkpoint)["config"]))
+    dataset = options.dataset or load_dataset(
+        config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction
+    )
+    rec = Recommender.load(options.serve_checkpoint, device=device)
+    test = dataset.splits["test"]
+    raw = np.asarray(dataset.item_raw_ids, dtype=object)
+    sessions = itertools.cycle([raw[test.prefix(i)].tolist() for i in range(len(test))])
+    calls = {"Recommender.recommend": lambda session: rec.recommend(session, k=20)}
+    if rec.explainer is not None:
+        calls["Recommender.explain"] = lambda session: rec.explain(session, k=3)
+    records = []
+    for path, call in calls.items():
+        times = time_ms(
+            call, options.serve_rounds, options.warmup, lambda: (next(sessions),), options.warmup_s
+        )
+        record = {"model": f"{config.model} ({config.data} test sessions)", "path": path, "batch": 1}
+        record.update(summarize(times))
+        record["peak_mib"] = peak_memory_mib(lambda call=call: call(next(sessions)), device)
+        record["sessions_per_s"] = 1e3 / record["p50_ms"]
+        records.append(record)
+        _progress(f"serve {path}", record)
+    return records
 
 
 # ----------------------------------------------------------------------------- training epochs
@@ -1419,6 +1460,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs per run (default 2)")
     parser.add_argument("--recbole-python", default=".venv-recbole/bin/python", help="RecBole's interpreter")
     parser.add_argument("--recbole-script", default="bench/recbole_peer.py")
+    parser.add_argument(
+        "--serve-checkpoint", help="also time Recommender.recommend of this trained run (best.pt)"
+    )
     parser.add_argument("--llm-models", nargs="+", help=f"bundled or {', '.join(RANDOM_LLM_CONFIGS)}")
     parser.add_argument("--llm-prompts", type=int, default=8, help="prompts per LLM measurement")
     parser.add_argument("--llm-batch-size", type=int, default=8, help="prompts per generation batch")
@@ -1441,7 +1485,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads, epochs=args.epochs, recbole_python=args.recbole_python,
         recbole_script=args.recbole_script, llm_models=tuple(args.llm_models) if args.llm_models else None,
         llm_prompts=args.llm_prompts, llm_batch_size=args.llm_batch_size,
-        llm_max_prompt_items=args.llm_max_prompt_items, plots=not args.no_plots,
+        llm_max_prompt_items=args.llm_max_prompt_items, serve_checkpoint=args.serve_checkpoint,
+        plots=not args.no_plots,
     )  # fmt: skip
     suites = SUITES if args.suite == "all" else (args.suite,)
     results = run_benchmarks(suites, args.out, options)

@@ -228,3 +228,13 @@ def test_explain_names_the_catalog_items_nearest_each_predicted_intent(runs):
 def test_explain_needs_an_llm4sbr_run_with_a_catalog(runs):
     with pytest.raises(ValueError, match="no intent explanations"):
         Recommender.load(runs["root"] / "srgnn" / "best.pt").explain(["raw4"])
+
+
+def test_serve_benchmark_times_recommend_and_explain_of_a_run(runs):
+    from llm4sbr.bench import BenchOptions, _recommend_records
+
+    options = BenchOptions.tiny(serve_checkpoint=str(runs["root"] / "llm" / "best.pt"), dataset=runs["ds"])
+    records = _recommend_records(options, torch.device("cpu"))
+    assert [r["path"] for r in records] == ["Recommender.recommend", "Recommender.explain"]
+    for record in records:
+        assert record["rounds"] == options.serve_rounds and 0 < record["p50_ms"] <= record["p99_ms"]
