@@ -651,13 +651,11 @@ def _recommend_records(options: BenchOptions, device: torch.device) -> list[dict
     raw item ids, cycling through them: the serving path a user calls, with no LLM call."""
     from llm4sbr.checkpoint import load_checkpoint
     from llm4sbr.config import TrainConfig, from_dict
-    from llm4sbr.data import load_dataset
     from llm4sbr.serve import Recommender
+    from llm4sbr.train import run_dataset
 
     config = from_dict(TrainConfig, json.loads(load_checkpoint(options.serve_checkpoint)["config"]))
-    dataset = options.dataset or load_dataset(
-        config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction
-    )
+    dataset = options.dataset or run_dataset(config)
     rec = Recommender.load(options.serve_checkpoint, device=device)
     test = dataset.splits["test"]
     raw = np.asarray(dataset.item_raw_ids, dtype=object)
@@ -690,11 +688,12 @@ def samples_fingerprint(prefixes: Sequence[Sequence[str]], targets: Sequence[str
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _dataset_fingerprint(dataset: Any) -> str:
+def split_fingerprint(dataset: Any, split: str = "train") -> str:
+    """:func:`samples_fingerprint` of one split of a SessionDataset, in raw item ids."""
     raw = np.asarray(dataset.item_raw_ids, dtype=object)
-    train = dataset.splits["train"]
-    prefixes = [raw[train.prefix(i)].tolist() for i in range(len(train))]
-    return samples_fingerprint(prefixes, raw[train.targets].tolist())
+    samples = dataset.splits[split]
+    prefixes = [raw[samples.prefix(i)].tolist() for i in range(len(samples))]
+    return samples_fingerprint(prefixes, raw[samples.targets].tolist())
 
 
 def write_random_intents(dataset: Any, out_dir: Path, d_text: int, seed: int = 0) -> Path:
@@ -740,7 +739,7 @@ def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "test": result.test,
         "peak_mib": peak,
         "train_samples": len(dataset.splits["train"]),
-        "samples_fingerprint": _dataset_fingerprint(dataset),
+        "samples_fingerprint": split_fingerprint(dataset),
         "threads": torch.get_num_threads(),
     }
 

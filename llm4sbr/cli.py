@@ -107,14 +107,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train_seeds(config: TrainConfig, args: argparse.Namespace) -> int:
     """Train one run per seed into <out>/seed<S>, then report test mean +- std over the seeds."""
-    from llm4sbr.data import load_dataset
-    from llm4sbr.train import train
+    from llm4sbr.train import run_dataset, train
 
     out = Path(args.out or f"runs/{config.model}-{Path(config.data).name}-seeds")
     runs = []
     for seed in args.seeds:
         seeded = dataclasses.replace(config, seed=seed)
-        dataset = load_dataset(seeded.data, seeded.preset, seed=seed, valid_fraction=seeded.valid_fraction)
+        dataset = run_dataset(seeded)
         result = train(seeded, out / f"seed{seed}", dataset=dataset, resume=True, progress=not args.quiet)
         print(f"seed {seed}: best epoch {result.best_epoch}, test hit@20 {100 * result.test['hit@20']:.2f}")
         runs.append({"seed": seed, **dataclasses.asdict(result)})
@@ -133,12 +132,11 @@ def _train_seeds(config: TrainConfig, args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from llm4sbr.data import load_dataset
-    from llm4sbr.train import IntentLookup, evaluate, load_trained, resolve_device
+    from llm4sbr.train import IntentLookup, evaluate, load_trained, resolve_device, run_dataset
 
     device = resolve_device(args.device)
     model, config, _ = load_trained(args.checkpoint, device)
-    dataset = load_dataset(config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction)
+    dataset = run_dataset(config)
     intents = IntentLookup.load(config.intents, dataset) if config.model == "llm4sbr" else None
     metrics = evaluate(
         model,
@@ -215,9 +213,9 @@ def _stage2(args: argparse.Namespace, base: TrainConfig, dataset: Any, intents: 
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from llm4sbr.data import load_dataset
     from llm4sbr.intent import config_from_args as intent_config
     from llm4sbr.intent import infer_intents
+    from llm4sbr.train import run_dataset
 
     out = Path(args.out or f"runs/{Path(args.data).name}")
     base = load_yaml(TrainConfig, args.train_config) if args.train_config else TrainConfig()
@@ -226,8 +224,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("--limit cannot be combined with --seeds: each seed carves another validation split")
 
     def split(seed: int) -> Any:
-        # As train() would load it: the validation carve follows the seed and valid_fraction.
-        return load_dataset(args.data, args.preset, seed=seed, valid_fraction=base.valid_fraction)
+        return run_dataset(dataclasses.replace(base, data=args.data, preset=args.preset, seed=seed))
 
     dataset = split(seeds[0])
     print(f"[1/4] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")

@@ -35,10 +35,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llm4sbr.checkpoint import load_checkpoint, save_checkpoint
-from llm4sbr.data import SampleSet, SessionDataset, load_dataset, make_loader
+from llm4sbr.data import SampleSet, SessionDataset, make_loader
 from llm4sbr.intent.prompts import VIEWS
 from llm4sbr.intent.store import load_catalog
-from llm4sbr.train import IntentLookup, load_trained
+from llm4sbr.train import IntentLookup, load_trained, run_dataset
 
 PREDICTOR_FILE = "intent_predictor.pt"
 KIND = "intent-predictor"
@@ -241,12 +241,7 @@ def train_intent_predictor(
     if not payload["d_text"]:
         raise ValueError(f"{checkpoint} is a {train_config.model} model, which uses no intents")
     if dataset is None:
-        dataset = load_dataset(
-            train_config.data,
-            train_config.preset,
-            seed=train_config.seed,
-            valid_fraction=train_config.valid_fraction,
-        )
+        dataset = run_dataset(train_config)
     check_catalog(payload, dataset, checkpoint)
     intents = intents or train_config.intents
     if intents is None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from llm4sbr.config import TrainConfig, from_dict
-from llm4sbr.data import SessionDataset, load_dataset, make_loader
+from llm4sbr.data import SessionDataset, make_loader
 from llm4sbr.data.graph import SessionGraph
 from llm4sbr.intent_predictor import (
     PREDICTOR_FILE,
@@ -34,7 +34,7 @@ from llm4sbr.intent_predictor import (
 from llm4sbr.metrics import RankAccumulator
 from llm4sbr.models import LLM4SBR
 from llm4sbr.models.scoring import GRAPH_KEYS
-from llm4sbr.train import IntentLookup, evaluate, load_trained
+from llm4sbr.train import IntentLookup, evaluate, load_trained, run_dataset
 
 UNKNOWN_POLICIES = ("raise", "skip")
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -273,9 +273,7 @@ def evaluate_paths(
         raise ValueError(f"{checkpoint} is not an LLM4SBR run: there are no intent paths to compare")
     config = from_dict(TrainConfig, json.loads(payload["config"]))
     if dataset is None:
-        dataset = load_dataset(
-            config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction
-        )
+        dataset = run_dataset(config)
     check_catalog(payload, dataset, checkpoint)
     samples = dataset.splits[split]
     accumulator = RankAccumulator()

@@ -182,6 +182,12 @@ def build_model(config: TrainConfig, n_items: int, d_text: int | None = None) ->
     )
 
 
+def run_dataset(config: TrainConfig) -> SessionDataset:
+    """The dataset a run of ``config`` trains on: its data and preset, with the validation split
+    carved by its seed and valid_fraction."""
+    return load_dataset(config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction)
+
+
 def dataset_fingerprint(dataset: SessionDataset) -> str:
     """Changes whenever the items or samples of any split change."""
     digest = hashlib.sha256(f"{dataset.n_items}".encode())
@@ -309,9 +315,7 @@ def _train(
     if config.threads:
         torch.set_num_threads(config.threads)
     if dataset is None:
-        dataset = load_dataset(
-            config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction
-        )
+        dataset = run_dataset(config)
     for split in ("train", "valid", "test"):
         if split not in dataset.splits or len(dataset.splits[split]) == 0:
             raise ValueError(f"dataset {dataset.name!r} has no {split!r} samples")
