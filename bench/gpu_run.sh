@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU benchmarks in one go, for a CUDA machine with no network (shared/ENV.md, "The GPU
-# machine": torch + triton preinstalled, no bitsandbytes). Writes everything under $OUT:
-#   $OUT/results/      llm4sbr bench: kernels (small, train, large), serve, train (our models;
+# The GPU benchmarks in one go, for a CUDA machine with no network (torch + triton
+# preinstalled, no bitsandbytes). Writes everything under $OUT:
+#   $OUT/kernel-tests.txt  tests/kernels on CUDA tensors (fp32 and bf16), run first: the
+#                      benchmarks only start when the kernels are correct on this GPU
+#   $OUT/results/      python -m bench: kernels (small, train, large), serve, train (our models;
 #                      RecBole is skipped unless .venv-recbole exists), llm (random-weight
 #                      SmolLM2-135M and 7B Qwen2-style models, bf16 vs NF4)
 #   $OUT/pytest-bench.json   pytest bench --benchmark-only at the large shape
@@ -20,11 +22,13 @@ done
 python -m pip install --quiet --no-deps --no-build-isolation --no-index -e . >/dev/null
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 
+LLM4SBR_TEST_DEVICE=cuda python -m pytest tests/kernels -q -p no:cacheprovider | tee "$OUT/kernel-tests.txt"
+
 run() { echo "== $*" >&2; timeout 540 "$@" || echo "!! exit $? from: $*" >&2; }
-run python -m llm4sbr.bench --suite kernels --shapes small train large --rounds 20 --out "$OUT/results"
-run python -m llm4sbr.bench --suite serve --out "$OUT/results"
-run python -m llm4sbr.bench --suite train --epochs 1 --out "$OUT/results"
-run python -m llm4sbr.bench --suite llm --llm-prompts 8 --out "$OUT/results"
+run python -m bench --suite kernels --shapes small train large --rounds 20 --out "$OUT/results"
+run python -m bench --suite serve --out "$OUT/results"
+run python -m bench --suite train --epochs 1 --out "$OUT/results"
+run python -m bench --suite llm --llm-prompts 8 --out "$OUT/results"
 run python -m pytest bench --benchmark-only --bench-shapes large -q -p no:cacheprovider \
     --benchmark-json "$OUT/pytest-bench.json"
-python -m llm4sbr.bench --tables "$OUT/results" > "$OUT/tables.md"
+python -m bench --tables "$OUT/results" > "$OUT/tables.md"

@@ -1,4 +1,4 @@
-"""RecBole's own SRGNN on MovieLens-100k leave-one-out: the peer of ``llm4sbr bench --suite train``.
+"""RecBole's own SRGNN on MovieLens-100k leave-one-out: the peer of ``python -m bench --suite train``.
 
 It runs in RecBole's own virtual environment (RecBole 1.2.1 needs numpy < 2), not the package's,
 and imports nothing from llm4sbr:
@@ -13,7 +13,7 @@ one GNN step, batch 100, Adam lr 1e-3 with weight decay 1e-5, seed 0; validation
 epoch and the best epoch on test (full ranking). The JSON holds the seconds of each training
 epoch (RecBole's ``Trainer._train_epoch`` timed here, evaluation excluded), test hit@20 / mrr@20,
 the peak resident memory, the number of training samples and their fingerprint (the same sha256
-as ``llm4sbr.bench.samples_fingerprint``, so the two sides can be checked to see the same data).
+as ``bench.train.samples_fingerprint``, so the two sides can be checked to see the same data).
 
 ``--anomaly on`` keeps what importing RecBole's sequential models switches on for the whole
 process (``torch.autograd.set_detect_anomaly(True)`` in its sine.py): RecBole as shipped.
@@ -37,7 +37,7 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 
 def samples_fingerprint(prefixes: list[list[str]], targets: list[str]) -> str:
-    """sha256 of the sorted ``"raw prefix ids > raw target"`` lines (as llm4sbr.bench does)."""
+    """sha256 of the sorted ``"raw prefix ids > raw target"`` lines (as bench/train.py does)."""
     lines = sorted(" ".join(p) + " > " + t for p, t in zip(prefixes, targets, strict=True))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 

@@ -12,15 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm4sbr.bench import (
-    KERNELS,
-    MODES,
-    PROVIDERS,
-    SHAPES,
-    kernel_case,
-    peak_memory_mib,
-    provider_skip_reason,
-)
+from bench.harness import KERNELS, MODES, PROVIDERS, SHAPES, peak_memory_mib
+from bench.kernels import kernel_case, provider_skip_reason
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm4sbr.bench import MODEL_PATHS, MODELS, model_case, path_skip_reason, peak_memory_mib
+from bench.harness import peak_memory_mib
+from bench.model import MODEL_PATHS, MODELS, model_case, path_skip_reason
 
 BATCH = {"train_step": 100, "full_sort": 256}
 

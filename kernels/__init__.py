@@ -1,29 +1,37 @@
 """Fused kernels for session-graph models, installed as ``llm4sbr.kernels``.
 
 Functional API (each op has a Triton forward + backward, an ``autograd.Function`` and a
-pure-PyTorch ``<op>_ref`` from the spec; see the op's file for the math):
+pure-PyTorch ``<op>_ref`` from docs/method.md; see the op's file for the math):
 
-* :func:`gnn_step`: one gated-GNN propagation step of SR-GNN.
-* :func:`attn_pool`: SR-GNN's attention readout over the valid positions of a session.
-* :func:`align_uniform_loss`: view-averaged alignment + uniformity loss (DirectAU).
+* :func:`gnn_step`: one gated-GNN propagation step of SR-GNN (§3.1).
+* :func:`attn_pool`: SR-GNN's attention readout over the valid positions of a session (§3.1).
+* :func:`align_uniform_loss`: view-averaged alignment + uniformity loss (DirectAU, §3.3).
 
 :func:`use_backend` forces the Triton or reference path; by default Triton runs on CUDA (or
 on CPU under ``TRITON_INTERPRET=1``) and the reference everywhere else.
+
+Packed ops (``packed.py``, pure PyTorch, no backend dispatch): :func:`gnn_step_packed` and
+:func:`attn_pool_packed` compute gnn_step and attn_pool on a batch's distinct nodes without
+padding, with the step matrix from :func:`packed_step_matrix`.
 """
 
 from ._launch import HAS_TRITON, current_backend, use_backend
 from .align_uniform import align_uniform_loss, align_uniform_loss_ref
 from .attn_pool import attn_pool, attn_pool_ref
 from .gnn_step import gnn_step, gnn_step_ref
+from .packed import attn_pool_packed, gnn_step_packed, packed_step_matrix
 
 __all__ = [
     "HAS_TRITON",
     "align_uniform_loss",
     "align_uniform_loss_ref",
     "attn_pool",
+    "attn_pool_packed",
     "attn_pool_ref",
     "current_backend",
     "gnn_step",
+    "gnn_step_packed",
     "gnn_step_ref",
+    "packed_step_matrix",
     "use_backend",
 ]

@@ -1,4 +1,6 @@
-"""The one place that decides Triton vs reference, and the launch heuristics.
+"""The one place that decides Triton vs reference, plus what the kernel files share: the launch
+heuristics (tile sizes, warps, accumulator dtype), the ``@triton.jit`` helper :func:`sigmoid`
+and the input checks.
 
 Dispatch happens at call time, at the ``autograd.Function`` boundary:
 
@@ -6,6 +8,9 @@ Dispatch happens at call time, at the ``autograd.Function`` boundary:
   ``TRITON_INTERPRET=1`` is set and triton imports; the pure-PyTorch reference otherwise.
 * ``"triton"``: always Triton; raises ``RuntimeError`` where it cannot run.
 * ``"torch"``: always the reference.
+
+The packed ops (``packed.py``) are pure PyTorch and do not dispatch: the caller
+(``llm4sbr.models.encoder``) decides when to use them.
 
 ``import llm4sbr.kernels`` never imports CUDA and works where triton is not installed: the
 kernel files decorate with :func:`jit` and annotate with :data:`tl`, which are inert stand-ins
@@ -93,6 +98,18 @@ def use_triton(device: torch.device, op: str) -> bool:
     return can_run
 
 
+@jit
+def sigmoid(x):
+    """Overflow-free logistic sigmoid for Triton kernels: exp only ever sees -|x| <= 0."""
+    t = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + t), t / (1.0 + t))
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the kernels accumulate in: float64 for float64 inputs, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
@@ -100,6 +117,12 @@ def next_power_of_2(n: int) -> int:
 def block_size(n: int, lo: int = 16, hi: int = 1024) -> int:
     """Power-of-two tile covering ``n`` (clamped to [lo, hi]); tl.dot needs at least 16."""
     return max(lo, min(hi, next_power_of_2(n)))
+
+
+def rows_per_tile(n: int, block_d: int, tile_elems: int) -> int:
+    """Power-of-two row count of a [rows, block_d] tile over ``n`` rows: covers ``n`` where the
+    tile stays within ``tile_elems`` elements, at least 1 and at most 1024 rows."""
+    return block_size(n, lo=1, hi=max(1, min(1024, tile_elems // block_d)))
 
 
 def num_warps(block_elems: int) -> int:
@@ -118,25 +141,37 @@ def check_tensor(
     *,
     like: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``t`` is a tensor of the expected shape.
 
     ``shape`` entries are ints (exact size) or strings (a named dimension, reported in the
     message; equality between named dims is checked by the caller). ``like`` requires the same
-    device and floating dtype.
+    device and floating dtype; ``dtype`` an exact dtype; ``device`` only the device (for index
+    and count tensors, whose dtype differs from the inputs').
     """
-    expected = "[" + ", ".join(str(s) for s in shape) + "]"
+    # The message is built only on failure: the checks run on every call of an op.
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape {expected}, got {type(t).__name__}")
+        raise ValueError(
+            f"{name} must be a torch.Tensor of shape {_shape_text(shape)}, got {type(t).__name__}"
+        )
     if t.dim() != len(shape):
-        raise ValueError(f"{name} must have shape {expected} (rank {len(shape)}), got {list(t.shape)}")
-    for i, s in enumerate(shape):
-        if isinstance(s, int) and t.shape[i] != s:
-            raise ValueError(f"{name} must have shape {expected}, got {list(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape {_shape_text(shape)} (rank {len(shape)}), got {list(t.shape)}"
+        )
+    for size, s in zip(t.shape, shape, strict=True):
+        if isinstance(s, int) and size != s:
+            raise ValueError(f"{name} must have shape {_shape_text(shape)}, got {list(t.shape)}")
     if like is not None:
         if t.device != like.device:
             raise ValueError(f"{name} is on {t.device} but the inputs are on {like.device}")
         if t.dtype != like.dtype:
             raise ValueError(f"{name} has dtype {t.dtype} but the inputs are {like.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the inputs are on {device}")
     if dtype is not None and t.dtype != dtype:
         raise ValueError(f"{name} must have dtype {dtype}, got {t.dtype}")
+
+
+def _shape_text(shape: tuple[int | str, ...]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"

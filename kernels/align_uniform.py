@@ -1,4 +1,4 @@
-"""align_uniform_loss: view-averaged alignment + uniformity loss (paper-spec 3.3, DirectAU).
+"""align_uniform_loss: view-averaged alignment + uniformity loss (docs/method.md §3.3, DirectAU).
 
 Per view v, with x_hat, z_hat the L2-normalised rows of x[v], z[v] ([B, d]):
     align   = mean_b ||x_hat_b - z_hat_b||^2
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._launch import block_size, check_tensor, jit, num_warps, tl, triton, use_triton
+from ._launch import accumulator_dtype, block_size, check_tensor, jit, num_warps, tl, triton, use_triton
 
 REDUCE_VIEWS = ("mean", "sum")
 NORM_EPS = 1e-12  # F.normalize's default eps
@@ -225,7 +225,7 @@ def _align_uniform_launch(
         raise ValueError(f"x has d = {D}; the Triton path of align_uniform_loss supports d <= {MAX_D}")
     x = x.contiguous()
     z = z.contiguous()
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulator_dtype(x.dtype)
     BLOCK_D = block_size(D)
     BLOCK_B = _rows_per_tile(BLOCK_D)
     warps = num_warps(BLOCK_B * BLOCK_D)

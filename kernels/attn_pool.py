@@ -1,4 +1,4 @@
-"""attn_pool: SR-GNN's attention readout (paper-spec 3.1, global representation).
+"""attn_pool: SR-GNN's attention readout (docs/method.md §3.1, global representation).
 
     e_j = w3^T sigmoid(q_last + W2 h_j + b2)          (q_last = W1 h_last + b1, computed by the caller)
     alpha = e ("none", SR-GNN)  |  softmax of e over the valid positions ("softmax")
@@ -32,20 +32,24 @@ from __future__ import annotations
 
 import torch
 
-from ._launch import block_size, check_tensor, jit, next_power_of_2, num_warps, tl, use_triton
+from ._launch import (
+    accumulator_dtype,
+    block_size,
+    check_tensor,
+    jit,
+    next_power_of_2,
+    num_warps,
+    rows_per_tile,
+    sigmoid,
+    tl,
+    use_triton,
+)
 
 NORMALIZE = ("none", "softmax")
 
 # Elements of one [BLOCK_L, BLOCK_D] tile. 4096 made ptxas spill in the backward for sm_90
 # (d = 100 and 256); 2048 compiles without spills.
 _TILE_ELEMS = 2048
-
-
-@jit
-def _sigmoid(z):
-    # exp of -|z| only, so it never overflows for large |z|.
-    t = tl.exp(-tl.abs(z))
-    return tl.where(z >= 0, 1.0 / (1.0 + t), t / (1.0 + t))
 
 
 @jit
@@ -85,7 +89,7 @@ def _attn_pool_fwd_kernel(
         in_tile = in_l[:, None] & in_d[None, :]
         p = tl.load(p_ptr + tile, mask=in_tile, other=0.0).to(acc_dtype)
         h = tl.load(h_ptr + tile, mask=in_tile, other=0.0).to(acc_dtype)
-        s = _sigmoid(p + bias[None, :])
+        s = sigmoid(p + bias[None, :])
         e = tl.sum(s * w3[None, :], axis=1)
         if SOFTMAX:
             e = tl.where(valid, e, float("-inf"))
@@ -155,7 +159,7 @@ def _attn_pool_bwd_kernel(
         in_tile = in_l[:, None] & in_d[None, :]
         p = tl.load(p_ptr + tile, mask=in_tile, other=0.0).to(acc_dtype)
         h = tl.load(h_ptr + tile, mask=in_tile, other=0.0).to(acc_dtype)
-        s = _sigmoid(p + bias[None, :])
+        s = sigmoid(p + bias[None, :])
         e = tl.sum(s * w3[None, :], axis=1)
         g_dot_h = tl.sum(h * g[None, :], axis=1)
         if SOFTMAX:
@@ -178,12 +182,7 @@ def _tiles(L: int, d: int) -> tuple[int, int]:
     """(BLOCK_L, BLOCK_D): a whole row of d per tile, as many positions as fit _TILE_ELEMS."""
     # hi is never below d: the kernels have no loop over d.
     block_d = block_size(d, hi=max(1024, next_power_of_2(d)))
-    block_l = block_size(L, lo=1, hi=max(1, _TILE_ELEMS // block_d))
-    return block_l, block_d
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return rows_per_tile(L, block_d, _TILE_ELEMS), block_d
 
 
 def _attn_pool_forward(
@@ -202,7 +201,7 @@ def _attn_pool_forward(
     B, L, d = h.shape
     p = h @ w2.T
     out = torch.empty((B, d), device=h.device, dtype=h.dtype)
-    lse = torch.zeros((B,), device=h.device, dtype=_acc_dtype(h.dtype))
+    lse = torch.zeros((B,), device=h.device, dtype=accumulator_dtype(h.dtype))
     block_l, block_d = _tiles(L, d)
     _attn_pool_fwd_kernel[(B,)](
         p_ptr=p,
@@ -240,7 +239,7 @@ def _attn_pool_backward(
 
     Returns (dh [B, L, d], dq_last [B, d], dw2 [d, d], db2 [d], dw3 [d])."""
     B, L, d = h.shape
-    acc_dtype = _acc_dtype(h.dtype)
+    acc_dtype = accumulator_dtype(h.dtype)
     p = h @ w2.T
     dh = torch.empty_like(h)
     dp = torch.empty_like(h)
@@ -336,9 +335,7 @@ def _check_inputs(h, mask, q_last, w2, b2, w3, normalize):
         raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
     check_tensor("h", h, ("B", "L", "d"))
     B, L, d = h.shape
-    check_tensor("mask", mask, (B, L), dtype=torch.bool)
-    if mask.device != h.device:
-        raise ValueError(f"mask is on {mask.device} but h is on {h.device}")
+    check_tensor("mask", mask, (B, L), dtype=torch.bool, device=h.device)
     check_tensor("q_last", q_last, (B, d), like=h)
     check_tensor("w2", w2, (d, d), like=h)
     check_tensor("b2", b2, (d,), like=h)

@@ -1,4 +1,4 @@
-"""gnn_step: one gated-GNN propagation step of SR-GNN (paper-spec 3.1).
+"""gnn_step: one gated-GNN propagation step of SR-GNN (docs/method.md §3.1).
 
     a_in  = A_in  @ (h @ W_ein^T + b_ein)  + b_iah
     a_out = A_out @ (h @ W_eout^T + b_eout) + b_oah
@@ -37,7 +37,18 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._launch import block_size, check_tensor, jit, num_warps, tl, triton, use_triton
+from ._launch import (
+    accumulator_dtype,
+    block_size,
+    check_tensor,
+    jit,
+    num_warps,
+    rows_per_tile,
+    sigmoid,
+    tl,
+    triton,
+    use_triton,
+)
 
 MAX_NODE_BLOCK = 64
 MAX_FEATURE_BLOCK = 128
@@ -85,13 +96,6 @@ def _matmul_tile(
         # tl.dot, which multiplies the raw bits (triton 3.7.1).
         acc += tl.dot(lhs, rhs, input_precision="ieee")
     return acc
-
-
-@jit
-def _sigmoid(x):
-    # exp of a non-positive argument never overflows.
-    t = tl.exp(-tl.abs(x))
-    return tl.where(x >= 0, 1.0 / (1.0 + t), t / (1.0 + t))
 
 
 @jit
@@ -263,8 +267,8 @@ def _gate_fwd_kernel(
     h_n = tl.load(gh_ptr + gate + 2 * d, mask=mask, other=0.0).to(acc_dtype)
     h = tl.load(h_ptr + node, mask=mask, other=0.0).to(acc_dtype)
 
-    r = _sigmoid(i_r + h_r)
-    z = _sigmoid(i_z + h_z)
+    r = sigmoid(i_r + h_r)
+    z = sigmoid(i_z + h_z)
     n = _tanh(i_n + r * h_n)
     tl.store(out_ptr + node, (n + z * (h - n)).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -309,8 +313,8 @@ def _gate_bwd_kernel(
     # Masked entries have grad 0, so they add nothing to the partial sums below.
     g = tl.load(grad_out_ptr + node, mask=mask, other=0.0).to(acc_dtype)
 
-    r = _sigmoid(i_r + h_r)
-    z = _sigmoid(i_z + h_z)
+    r = sigmoid(i_r + h_r)
+    z = sigmoid(i_z + h_z)
     n = _tanh(i_n + r * h_n)
     d_z = g * (h - n) * z * (1.0 - z)
     d_n = g * (1.0 - z) * (1.0 - n * n)
@@ -339,10 +343,6 @@ def _gate_bwd_kernel(
 
 def _fp64(t: torch.Tensor) -> bool:
     return t.dtype == torch.float64
-
-
-def _partial_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if _fp64(t) else torch.float32
 
 
 def _node_blocks(N: int) -> tuple[int, int]:
@@ -387,7 +387,7 @@ def _aggregate_backward(
     block_n, node_blocks = _node_blocks(N)
     block_d = block_size(d, hi=MAX_FEATURE_BLOCK)
     de = torch.empty_like(dx)
-    partial_b_a = torch.empty(B * node_blocks, two_d, device=dx.device, dtype=_partial_dtype(dx))
+    partial_b_a = torch.empty(B * node_blocks, two_d, device=dx.device, dtype=accumulator_dtype(dx.dtype))
     partial_b_e = torch.empty_like(partial_b_a)
     _aggregate_bwd_kernel[(B * node_blocks, triton.cdiv(d, block_d))](
         a_in_ptr=A_in,
@@ -434,8 +434,7 @@ def _adjacency_grad(dx: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, to
 def _gate_blocks(R: int, d: int) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_D) for the elementwise gate kernels over R rows of width d."""
     block_d = block_size(d, lo=1, hi=MAX_FEATURE_BLOCK)
-    block_r = min(block_size(R, lo=1), max(1, GATE_TILE_ELEMS // block_d))
-    return block_r, block_d
+    return rows_per_tile(R, block_d, GATE_TILE_ELEMS), block_d
 
 
 def _gate_forward(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -469,7 +468,7 @@ def _gate_backward(
     d_gi = torch.empty_like(gi)
     d_gh = torch.empty_like(gh)
     dh = torch.empty_like(h)
-    partial_b_ih = torch.empty(row_blocks, 3 * d, device=h.device, dtype=_partial_dtype(h))
+    partial_b_ih = torch.empty(row_blocks, 3 * d, device=h.device, dtype=accumulator_dtype(h.dtype))
     partial_b_hh = torch.empty_like(partial_b_ih)
     _gate_bwd_kernel[(row_blocks, triton.cdiv(d, block_d))](
         grad_out_ptr=grad_out,

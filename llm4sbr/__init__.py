@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     """``llm4sbr.Recommender`` is imported on first access, so ``import llm4sbr`` stays light."""
     if name == "Recommender":
-        from llm4sbr.serve import Recommender
+        from llm4sbr.serving import Recommender
 
         return Recommender
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``llm4sbr`` command: a thin layer over the Python API.
+"""The ``llm4sbr`` command: argument parsing only; the work is in the Python API.
 
 llm4sbr train --model srgnn --data ml-100k          train + validate + test one model
 llm4sbr evaluate --checkpoint runs/x/best.pt        re-evaluate a checkpoint
@@ -6,7 +6,6 @@ llm4sbr infer-intents --data ml-100k --out DIR      stage 1: LLM intents -> inte
 llm4sbr run --data ml-100k                          stage 1 + SRGNN + LLM4SBR + comparison table
 llm4sbr train-predictor --checkpoint runs/x/best.pt intent predictor for serving without an LLM
 llm4sbr recommend --checkpoint runs/x/best.pt 50 172 133   top-k next items, no LLM call
-llm4sbr bench --suite kernels|train|serve|llm|all    latency and memory, tables and plots
 """
 
 from __future__ import annotations
@@ -20,10 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llm4sbr.atomic import write_atomic
 from llm4sbr.config import TrainConfig, from_dict, load_yaml
-
-METRIC_COLUMNS = ("hit@5", "hit@10", "hit@20", "mrr@5", "mrr@10", "mrr@20", "ndcg@10", "ndcg@20")
 
 
 def _flag_type(annotation: Any):
@@ -36,10 +32,13 @@ def _flag_type(annotation: Any):
     return kind
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per dataclass field (default: unset, so YAML values and defaults apply)."""
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (), title: str | None = None
+) -> None:
+    """One ``--flag`` per dataclass field, with its description, choices and default (left unset
+    when not given, so YAML values and the dataclass defaults apply)."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"{cls.__name__} (also settable in --config YAML)")
+    group = parser.add_argument_group(title or f"{cls.__name__} (also settable in --config YAML)")
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -47,51 +46,38 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=_flag_type(hints[f.name]),
+            choices=f.metadata.get("choices"),
             default=argparse.SUPPRESS,
-            help=f"default: {f.default!r}",
+            help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
         )
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+def config_from_args(cls: type, args: argparse.Namespace, config_file: str | None = None) -> Any:
+    """``cls`` from a YAML file (``config_file``, else ``args.config``) overridden by the flags
+    of :func:`add_config_flags`."""
     names = {f.name for f in dataclasses.fields(cls)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    if getattr(args, "config", None):
-        return load_yaml(cls, args.config, overrides)
+    path = config_file or getattr(args, "config", None)
+    if path:
+        return load_yaml(cls, path, overrides)
     return from_dict(cls, overrides)
 
 
-def format_table(rows: dict[str, dict[str, float]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
-    """Markdown table of metrics in percent, one row per model."""
-    head = "| model | " + " | ".join(columns) + " |"
-    rule = "|---|" + "---:|" * len(columns)
-    body = [
-        f"| {name} | " + " | ".join(f"{100 * m[c]:.2f}" for c in columns) + " |" for name, m in rows.items()
-    ]
-    return "\n".join([head, rule, *body])
-
-
-def format_mean_std(runs: dict[str, list[dict[str, float]]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
-    """One markdown row per metric and one column per name in ``runs``: mean +- sample std of
-    that name's runs, in percent."""
-    import statistics
-
-    lines = ["| metric | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
-    for c in columns:
-        cells = []
-        for named in runs.values():
-            values = [100 * r[c] for r in named]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.2f} ± {std:.2f}")
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from llm4sbr.train import distributed_env, train
+    from llm4sbr.pipeline import format_table, train_seeds
+    from llm4sbr.training import train
+    from llm4sbr.training.distributed import distributed_env
 
     config = config_from_args(TrainConfig, args)
     if args.seeds:
-        return _train_seeds(config, args)
+        out = Path(args.out or f"runs/{config.model}-{Path(config.data).name}-seeds")
+        _, table, n_test = train_seeds(config, args.seeds, out, progress=not args.quiet)
+        print(
+            f"\n{config.model} on {config.data}: test metrics (%, mean ± std) over seeds {args.seeds}, "
+            f"{n_test} test samples"
+        )
+        print(table)
+        return 0
     out = Path(args.out or f"runs/{config.model}-{Path(config.data).name}-seed{config.seed}")
     result = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     if distributed_env().rank != 0:
@@ -105,39 +91,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_seeds(config: TrainConfig, args: argparse.Namespace) -> int:
-    """Train one run per seed into <out>/seed<S>, then report test mean +- std over the seeds."""
-    from llm4sbr.train import run_dataset, train
-
-    out = Path(args.out or f"runs/{config.model}-{Path(config.data).name}-seeds")
-    runs = []
-    for seed in args.seeds:
-        seeded = dataclasses.replace(config, seed=seed)
-        dataset = run_dataset(seeded)
-        result = train(seeded, out / f"seed{seed}", dataset=dataset, resume=True, progress=not args.quiet)
-        print(f"seed {seed}: best epoch {result.best_epoch}, test hit@20 {100 * result.test['hit@20']:.2f}")
-        runs.append({"seed": seed, **dataclasses.asdict(result)})
-    table = format_mean_std({config.model: [r["test"] for r in runs]})
-    write_atomic(
-        out / "summary.json", json.dumps({"config": dataclasses.asdict(config), "runs": runs}, indent=2)
-    )
-    write_atomic(out / "summary.md", table + "\n")
-    n_test = len(dataset.splits["test"])
-    print(
-        f"\n{config.model} on {config.data}: test metrics (%, mean ± std) over seeds {args.seeds}, "
-        f"{n_test} test samples"
-    )
-    print(table)
-    return 0
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from llm4sbr.train import IntentLookup, evaluate, load_trained, resolve_device, run_dataset
+    from llm4sbr.data import run_dataset
+    from llm4sbr.intent.lookup import IntentLookup
+    from llm4sbr.models import load_trained
+    from llm4sbr.pipeline import format_table
+    from llm4sbr.training import evaluate
+    from llm4sbr.training.distributed import resolve_device
 
     device = resolve_device(args.device)
     model, config, _ = load_trained(args.checkpoint, device)
     dataset = run_dataset(config)
-    intents = IntentLookup.load(config.intents, dataset) if config.model == "llm4sbr" else None
+    intents = IntentLookup.load(config.intents, dataset) if model.uses_intents else None
     metrics = evaluate(
         model,
         dataset.splits[args.split],
@@ -156,8 +121,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    from llm4sbr.data import PRESETS
+
     parser.add_argument("--data", default="ml-100k", help="'ml-100k' (bundled) or a path (default: ml-100k)")
-    parser.add_argument("--preset", help="movielens | amazon | srgnn | leave-one-out (default: by source)")
+    parser.add_argument("--preset", choices=PRESETS, help="session preset (default: by source)")
 
 
 def _cmd_infer_intents(args: argparse.Namespace) -> int:
@@ -175,84 +142,21 @@ def _cmd_infer_intents(args: argparse.Namespace) -> int:
     return 0
 
 
-PATH_NAMES = {
-    "srgnn": "SRGNN",
-    "oracle": "LLM4SBR, stage-1 LLM intents",
-    "predictor": "LLM4SBR, predicted intents (no LLM)",
-}
-
-
-def _stage2(args: argparse.Namespace, base: TrainConfig, dataset: Any, intents: Path, out: Path, seed: int):
-    """SRGNN and LLM4SBR on ``dataset`` (resumed when done before), the intent predictor, and the
-    three test paths of :func:`llm4sbr.serve.evaluate_paths`, under ``out``."""
-    from llm4sbr.intent_predictor import PREDICTOR_FILE, train_intent_predictor
-    from llm4sbr.serve import evaluate_paths
-    from llm4sbr.train import train
-
-    results = {}
-    for step, model in enumerate(("srgnn", "llm4sbr"), start=2):
-        config = dataclasses.replace(
-            base,
-            data=args.data,
-            preset=args.preset,
-            model=model,
-            epochs=args.epochs or base.epochs,
-            seed=seed,
-            intents=str(intents) if model == "llm4sbr" else None,
-        )
-        print(f"[{step}/4] training {model} (seed {seed}) -> {out / model}")
-        result = train(config, out / model, dataset=dataset, resume=True, progress=not args.quiet)
-        results[model] = dataclasses.asdict(result)
-    print(f"[4/4] intent predictor for serving without an LLM (seed {seed})")
-    best = out / "llm4sbr" / "best.pt"
-    predictor = best.parent / PREDICTOR_FILE
-    if not predictor.exists() or predictor.stat().st_mtime < best.stat().st_mtime:
-        train_intent_predictor(best, dataset=dataset, progress=not args.quiet)
-    results["paths"] = evaluate_paths(best, srgnn_checkpoint=out / "srgnn" / "best.pt", dataset=dataset)
-    return results
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from llm4sbr.intent import config_from_args as intent_config
-    from llm4sbr.intent import infer_intents
-    from llm4sbr.train import run_dataset
+    from llm4sbr.pipeline import run_pipeline
 
+    train_config = config_from_args(TrainConfig, args, config_file=args.train_config)
+    train_config = dataclasses.replace(train_config, data=args.data, preset=args.preset)
     out = Path(args.out or f"runs/{Path(args.data).name}")
-    base = load_yaml(TrainConfig, args.train_config) if args.train_config else TrainConfig()
-    seeds = args.seeds or [args.seed]
-    if args.seeds and args.limit is not None:
-        raise ValueError("--limit cannot be combined with --seeds: each seed carves another validation split")
-
-    def split(seed: int) -> Any:
-        return run_dataset(dataclasses.replace(base, data=args.data, preset=args.preset, seed=seed))
-
-    dataset = split(seeds[0])
-    print(f"[1/4] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")
-    intents = infer_intents(dataset, intent_config(args), out / "intents", progress=not args.quiet)
-    if not args.seeds:
-        results = _stage2(args, base, dataset, intents.out_dir, out, args.seed)
-        table = format_table({PATH_NAMES[k]: results["paths"][k] for k in PATH_NAMES})
-        heading = "test metrics (%)"
-    else:
-        # Stage 1 covers every sample, whatever the split: each seed reuses it.
-        results = {}
-        for seed in seeds:
-            seeded = dataset if seed == seeds[0] else split(seed)
-            results[f"seed{seed}"] = _stage2(args, base, seeded, intents.out_dir, out / f"seed{seed}", seed)
-        table = format_mean_std(
-            {name: [r["paths"][k] for r in results.values()] for k, name in PATH_NAMES.items()}
-        )
-        heading = f"test metrics (%, mean ± std over seeds {seeds})"
-    summary = {"intents": intents.meta, "results": results}
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
-    write_atomic(out / "summary.md", table + "\n")
-    print(f"\n{heading}, {len(dataset.splits['test'])} test samples, selected on validation:")
-    print(table)
+    summary = run_pipeline(train_config, intent_config(args), out, seeds=args.seeds, progress=not args.quiet)
+    print(f"\n{summary['heading']}:")
+    print(summary["table"])
     return 0
 
 
 def _cmd_train_predictor(args: argparse.Namespace) -> int:
-    from llm4sbr.intent_predictor import train_intent_predictor
+    from llm4sbr.training import train_intent_predictor
 
     result = train_intent_predictor(args.checkpoint, out=args.out, progress=not args.quiet)
     print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
@@ -260,7 +164,7 @@ def _cmd_train_predictor(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from llm4sbr.serve import Recommender
+    from llm4sbr.serving import Recommender
 
     recommender = Recommender.load(args.checkpoint, device=args.device)
     for item, score in recommender.recommend(
@@ -273,6 +177,16 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             items = "; ".join(f"{name} [{item}] {cosine:.2f}" for item, name, cosine in nearest)
             print(f"# {view}-term intent is nearest to: {items}")
     return 0
+
+
+RESUME_HINTS = {
+    "train": "Finished epochs are saved in last.pt: rerun with --resume to continue.",
+    "run": "Cached answers and finished epochs are kept: rerun the same command to continue.",
+    "infer-intents": "Cached answers are kept: rerun the same command to continue.",
+    "train-predictor": "Nothing was written: rerun the same command.",
+    "evaluate": "Nothing was written.",
+    "recommend": "Nothing was written.",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,10 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test (or validation) split")
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")
-    p.add_argument("--split", choices=("test", "valid"), default="test")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split", choices=("test", "valid"), default="test", help="split to rank (default: test)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -307,15 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="best.pt of an LLM4SBR run")
     p.add_argument("--out", help="default: intent_predictor.pt next to the checkpoint")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train_predictor)
 
     p = sub.add_parser("recommend", help="top-k next items for one session, no LLM call")
     p.add_argument("--checkpoint", required=True, help="best.pt (LLM4SBR needs its intent predictor)")
     p.add_argument("items", nargs="+", help="the session's raw item ids, oldest first")
-    p.add_argument("-k", type=int, default=20)
+    p.add_argument("-k", type=int, default=20, help="how many items to recommend (default: 20)")
     p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the session")
-    p.add_argument("--on-unknown", choices=("raise", "skip"), default="raise")
+    p.add_argument(
+        "--on-unknown",
+        choices=("raise", "skip"),
+        default="raise",
+        help="an item id the model was not trained on: fail (default) or ignore it",
+    )
     p.add_argument(
         "--explain",
         type=int,
@@ -323,23 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also print the N catalog items nearest each predicted intent (LLM4SBR only)",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=_cmd_recommend)
-
-    from llm4sbr.bench import add_bench_arguments, cmd_bench
-
-    p = sub.add_parser(
-        "bench", help="latency and memory benchmarks -> JSON, CSV, tables and plots under --out"
-    )
-    add_bench_arguments(p)
-    p.set_defaults(func=cmd_bench)
 
     from llm4sbr.intent import add_arguments as add_intent_flags
 
     p = sub.add_parser("infer-intents", help="stage 1: LLM intents for every sample -> intents.npy")
     _add_data_flags(p)
     p.add_argument("--out", required=True, help="output folder (intents.npy, sample_ids.npy, meta.json)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_intent_flags(p)
     p.set_defaults(func=_cmd_infer_intents)
 
@@ -350,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_flags(p)
     p.add_argument("--out", help="run folder (default: runs/<data>)")
-    p.add_argument("--epochs", type=int, help="max training epochs (default: 30, or --train-config)")
-    p.add_argument("--train-config", help="YAML of TrainConfig keys for both models")
+    p.add_argument("--train-config", help="YAML of TrainConfig keys for both models; flags override it")
     p.add_argument(
         "--seeds",
         type=int,
@@ -359,8 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage 2 once per seed (the seed also carves the validation split) under <out>/seed<S>, "
         "then mean ± std of every path; stage 1 runs once",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_intent_flags(p)
+    add_config_flags(
+        p, TrainConfig, skip=("data", "preset", "model", "intents"), title="stage 2 (both models' training)"
+    )
     p.set_defaults(func=_cmd_run)
     return parser
 
@@ -370,9 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError) as exc:
         print(f"llm4sbr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nllm4sbr {args.command}: interrupted. {RESUME_HINTS[args.command]}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def reference_path():
 
 
 def test_help_of_every_command(capsys):
-    for command in ("train", "evaluate", "infer-intents", "run", "train-predictor", "recommend", "bench"):
+    for command in ("train", "evaluate", "infer-intents", "run", "train-predictor", "recommend"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
@@ -76,7 +76,7 @@ def test_run_on_ml100k_then_serve_and_evaluate(tmp_path, capsys):
 
 def test_run_carves_validation_as_train_would(tmp_path, monkeypatch):
     """``run`` loads its dataset with --seed and the train config's valid_fraction."""
-    import llm4sbr.train
+    import llm4sbr.data.sources
 
     calls = []
 
@@ -87,7 +87,7 @@ def test_run_carves_validation_as_train_would(tmp_path, monkeypatch):
         calls.append((args, kwargs))
         raise Loaded
 
-    monkeypatch.setattr(llm4sbr.train, "load_dataset", load_dataset)
+    monkeypatch.setattr(llm4sbr.data.sources, "load_dataset", load_dataset)
     config = tmp_path / "train.yaml"
     config.write_text("valid_fraction: 0.25\n")
     with pytest.raises(Loaded):

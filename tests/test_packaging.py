@@ -32,8 +32,8 @@ def test_import_works_without_triton_and_the_llm_extra():
         BLOCKED,
         """
         import sys, torch
-        import llm4sbr, llm4sbr.kernels, llm4sbr.models, llm4sbr.data, llm4sbr.intent, llm4sbr.metrics
-        import llm4sbr.train, llm4sbr.cli
+        import llm4sbr, llm4sbr.kernels, llm4sbr.models, llm4sbr.data, llm4sbr.intent, llm4sbr.serving
+        import llm4sbr.training, llm4sbr.pipeline, llm4sbr.cli
         from llm4sbr.kernels import HAS_TRITON, use_backend
         assert not HAS_TRITON
         model = llm4sbr.models.SRGNN(10, dim=4)

@@ -16,7 +16,7 @@ from .batching import (
     collate_sessions_with_graph,
     make_loader,
 )
-from .dataset import SampleSet, SessionDataset
+from .dataset import SampleSet, SessionDataset, dataset_fingerprint
 from .graph import SessionGraph, build_session_graph
 from .loaders import (
     Interactions,
@@ -28,7 +28,7 @@ from .loaders import (
     write_srgnn_pickle,
 )
 from .presets import PRESET_OPTIONS, PRESETS, build_dataset
-from .sources import BUILTIN_SOURCES, load_dataset, recbole_ml100k_dir
+from .sources import BUILTIN_SOURCES, load_dataset, recbole_ml100k_dir, run_dataset
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -45,6 +45,7 @@ __all__ = [
     "build_session_graph_numba",
     "collate_sessions",
     "collate_sessions_with_graph",
+    "dataset_fingerprint",
     "dataset_from_srgnn_pickles",
     "load_dataset",
     "make_loader",
@@ -53,6 +54,7 @@ __all__ = [
     "read_recbole_items",
     "read_srgnn_pickle",
     "recbole_ml100k_dir",
+    "run_dataset",
     "write_srgnn_pickle",
 ]
 

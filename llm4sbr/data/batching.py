@@ -81,17 +81,14 @@ class EpochShuffleSampler(Sampler[int]):
     """A random permutation of ``range(n)`` that depends only on ``(seed, epoch)``.
 
     Each pass over the sampler uses the current epoch and then advances it, so the k-th pass
-    (counting from 0) is the permutation of epoch k; :meth:`set_epoch` picks the epoch of the next
-    pass (e.g. when resuming a run). The permutation is ``numpy.random.default_rng([seed, epoch])``.
+    (counting from 0) is the permutation of epoch k. The permutation is
+    ``numpy.random.default_rng([seed, epoch])``.
     """
 
     def __init__(self, n: int, seed: int = 0) -> None:
         self.n = n
         self.seed = seed
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.n
@@ -110,18 +107,26 @@ def make_loader(
     max_len: int | None = None,
     num_workers: int = 0,
     with_graph: bool = False,
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> DataLoader:
-    """A DataLoader of padded batches (see the module doc for the keys).
+    """The one way to batch samples, for training and evaluation alike (see the module doc for
+    the keys).
 
     With ``shuffle`` the order comes from an :class:`EpochShuffleSampler` (``loader.sampler``):
     reproducible for a given ``seed`` and epoch, whatever the number of workers. Without it,
-    samples come in SampleSet order. The last batch may be smaller.
+    samples come in SampleSet order. The last batch may be smaller. ``batches`` (lists of sample
+    positions, e.g. one rank's share of each global batch) replaces ``batch_size`` and
+    ``shuffle``. ``with_graph`` builds the session graphs in the loader (needs the ``numba``
+    extra).
     """
     dataset = SampleDataset(samples, max_len)
+    collate = collate_sessions_with_graph if with_graph else collate_sessions
+    if batches is not None:
+        return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochShuffleSampler(len(dataset), seed) if shuffle else None,
         num_workers=num_workers,
-        collate_fn=collate_sessions_with_graph if with_graph else collate_sessions,
+        collate_fn=collate,
     )

@@ -7,6 +7,7 @@ and preset, so stage-1 intent vectors can be joined to samples by id, never by r
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +82,12 @@ class SessionDataset:
     ``item_raw_ids[i]`` is the source's id of model item i and ``item_names[i]`` its display name
     (``"Title (Year) -- Genre|Genre"`` for MovieLens, the title otherwise; ``""`` if unknown);
     index 0 is padding. ``splits`` maps "train", "valid", "test" to samples.
+
+    ``report`` (JSON-serialisable, for printing) says what loading did to the source: rows read,
+    exact duplicate rows dropped, the sessions, clicks and items each preset filter dropped, what
+    was kept, and in ``empty_splits`` why a split is empty (see
+    :func:`~llm4sbr.data.presets.build_dataset`). It is not part of ``meta``, so the recorded
+    meta of good data is unchanged.
     """
 
     name: str
@@ -89,6 +96,14 @@ class SessionDataset:
     item_names: list[str]
     splits: dict[str, SampleSet]
     meta: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
 
-    def raw_to_model_id(self) -> dict[str, int]:
-        return {raw: i for i, raw in enumerate(self.item_raw_ids) if i > 0}
+
+def dataset_fingerprint(dataset: SessionDataset) -> str:
+    """Changes whenever the items or samples of any split change."""
+    digest = hashlib.sha256(f"{dataset.n_items}".encode())
+    for name in sorted(dataset.splits):
+        s = dataset.splits[name]
+        for array in (s.offsets, s.items, s.targets, s.sample_ids):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]

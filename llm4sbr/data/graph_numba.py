@@ -8,7 +8,11 @@ The kernels are compiled on first use (about a second) and cached on disk (``cac
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+try:
+    from numba import njit
+except ImportError as exc:
+    raise ImportError("the numba session-graph builder needs numba: pip install 'llm4sbr[numba]'") from exc
 
 
 @njit(cache=True)

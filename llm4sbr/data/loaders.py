@@ -7,6 +7,17 @@
   these are already preprocessed samples and become a :class:`SessionDataset` directly.
 
 Timestamps are floats in seconds (the presets' 10-minute buckets and day windows assume seconds).
+
+Bad input is refused at load time with a ValueError naming the file (and the column and first
+offending data rows where there is one): a header with no data rows, a NaN or infinite timestamp,
+an empty session/user or item id, a short row, a non-numeric timestamp. Readers keep every row,
+exact duplicates included; :func:`~llm4sbr.data.presets.build_dataset` then drops rows identical
+in session, item and timestamp (logging artefacts; a re-click at another time stays) with
+:func:`drop_duplicate_clicks` and counts them in ``SessionDataset.report["duplicates_dropped"]``.
+
+SR-GNN pickles are read with a restricted unpickler that refuses every global (so a crafted
+``train.txt`` cannot run code): builtin lists, tuples and ints need none; numpy integer scalars
+are the one exception, rebuilt by stand-ins that accept integer dtypes and raw bytes only.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +76,35 @@ def _column_index(header: list[str], names: tuple[str, ...], path: Path) -> int:
     raise ValueError(f"{path}: missing required column {wanted} (header: {header})")
 
 
-def _interactions(rows: list[list[str]], key: int, item: int, time: int, path: Path) -> Interactions:
+def _first_rows(index: np.ndarray, limit: int = 5) -> str:
+    """``"3, 7, 9"``: the first 1-based data rows of the 0-based positions ``index``."""
+    return ", ".join(str(i + 1) for i in index[:limit]) + (", ..." if len(index) > limit else "")
+
+
+def check_finite_timestamps(
+    timestamp: np.ndarray, source: object, raw: list[str] | None = None, rows: np.ndarray | None = None
+) -> None:
+    """ValueError naming ``source``, the ``timestamp`` column, how many values are NaN or
+    infinite and the first such data rows (``rows`` [n]: 0-based row numbers, default positions;
+    ``raw``: the values as text, shown when given)."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(timestamp, dtype=np.float64)))
+    if len(bad):
+        values = raw if raw is not None else np.asarray(timestamp)
+        numbers = bad if rows is None else np.asarray(rows)[bad]
+        shown = ", ".join(f"{n + 1} ({str(values[i])!r})" for n, i in zip(numbers[:5], bad[:5], strict=True))
+        more = ", ..." if len(bad) > 5 else ""
+        raise ValueError(
+            f"{source}: column 'timestamp' has {len(bad)} NaN/inf value(s) in {len(timestamp)} rows "
+            f"(first at data rows {shown}{more}); timestamps must be finite numbers of seconds"
+        )
+
+
+def _interactions(
+    rows: list[list[str]], header: list[str], key: int, item: int, time: int, path: Path
+) -> Interactions:
     """Interactions from the text rows of ``path``, taking the given column positions."""
+    if not rows:
+        raise ValueError(f"{path}: 0 data rows after the header; nothing to load")
     width = max(key, item, time) + 1
     short = next((i for i, row in enumerate(rows) if len(row) < width), None)
     if short is not None:
@@ -76,6 +115,14 @@ def _interactions(rows: list[list[str]], key: int, item: int, time: int, path: P
         timestamp = np.asarray([row[time] for row in rows], dtype=np.float64)
     except ValueError as err:
         raise ValueError(f"{path}: timestamps must be numbers (seconds): {err}") from None
+    check_finite_timestamps(timestamp, path, raw=[row[time] for row in rows])
+    for column in (key, item):
+        empty = np.flatnonzero([not row[column] for row in rows])
+        if len(empty):
+            raise ValueError(
+                f"{path}: column {header[column]!r} is empty in {len(empty)} of {len(rows)} data rows "
+                f"(first at data rows {_first_rows(empty)})"
+            )
     return Interactions(
         session=np.asarray([row[key] for row in rows], dtype=str),
         item=np.asarray([row[item] for row in rows], dtype=str),
@@ -109,7 +156,7 @@ def read_recbole_inter(path: str | os.PathLike) -> Interactions:
     key = _column_index(header, ("session_id", "user_id"), path)
     item = _column_index(header, ("item_id",), path)
     time = _column_index(header, ("timestamp",), path)
-    return _interactions(rows, key, item, time, path)
+    return _interactions(rows, header, key, item, time, path)
 
 
 def _movielens_name(title: str, year: str, genres: str) -> str:
@@ -150,33 +197,174 @@ def read_recbole_items(path: str | os.PathLike) -> dict[str, str]:
 def read_csv_interactions(path: str | os.PathLike) -> Interactions:
     """Read a CSV file whose header holds ``session_id``, ``item_id`` and ``timestamp``.
 
-    Extra columns are ignored; a missing one raises ValueError naming it and the file.
+    Extra columns are ignored and blank lines skipped. Every other row is kept, exact duplicates
+    included (``build_dataset`` drops those, see the module docstring). ValueError naming the
+    file for: an empty file, a missing column, no data rows after the header, a short row, a
+    timestamp that is not a finite number, an empty ``session_id`` or ``item_id``, text that is
+    not UTF-8 or not CSV.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        key = _column_index(header, ("session_id",), path)
-        item = _column_index(header, ("item_id",), path)
-        time = _column_index(header, ("timestamp",), path)
-        rows = [row for row in reader if row]
-    return _interactions(rows, key, item, time, path)
+        try:
+            first = next(reader, None)
+            if first is None:
+                raise ValueError(f"{path}: empty file, expected a header with session_id,item_id,timestamp")
+            header = [name.strip() for name in first]
+            key = _column_index(header, ("session_id",), path)
+            item = _column_index(header, ("item_id",), path)
+            time = _column_index(header, ("timestamp",), path)
+            rows = [row for row in reader if row]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (line {reader.line_num + 1}): {err}") from None
+        except csv.Error as err:
+            raise ValueError(f"{path}: not readable as CSV (line {reader.line_num}): {err}") from None
+    return _interactions(rows, header, key, item, time, path)
+
+
+def drop_duplicate_clicks(interactions: Interactions) -> tuple[Interactions, int]:
+    """``(interactions without exact duplicates, how many rows were dropped)``.
+
+    A duplicate is a row equal to an earlier one (by ``row``) in session key, item and timestamp;
+    the earliest is kept, so a re-click of an item at another time stays. Without duplicates the
+    same object is returned.
+    """
+    n = len(interactions)
+    if n < 2:
+        return interactions, 0
+    codes = [
+        np.unique(column, return_inverse=True)[1].ravel()
+        for column in (interactions.session, interactions.item, interactions.timestamp)
+    ]
+    order = np.lexsort((interactions.row, codes[2], codes[1], codes[0]))
+    same = np.ones(n - 1, dtype=bool)
+    for code in codes:
+        ordered = code[order]
+        same &= ordered[1:] == ordered[:-1]
+    if not same.any():
+        return interactions, 0
+    keep = np.ones(n, dtype=bool)
+    keep[order[1:][same]] = False
+    deduplicated = Interactions(
+        session=interactions.session[keep],
+        item=interactions.item[keep],
+        timestamp=interactions.timestamp[keep],
+        row=interactions.row[keep],
+        name=interactions.name,
+    )
+    return deduplicated, int(n - keep.sum())
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global (a function or class) the SR-GNN reader does not allow."""
+
+
+_INTEGER_DTYPES = frozenset(f"{kind}{size}" for kind in "iu" for size in (1, 2, 4, 8))
+
+
+def _integer_dtype(spec: object, align: object = False, copy: object = True) -> np.dtype:
+    """Stands in for ``numpy.dtype`` while unpickling: integer types only, always a copy (the
+    pickle's BUILD step then sets the byte order on that copy, never on numpy's shared one)."""
+    if not (isinstance(spec, str) and spec in _INTEGER_DTYPES):
+        raise _RefusedGlobal(f"numpy.dtype({spec!r}) (only integer dtypes are allowed)")
+    return np.dtype(spec, False, True)
+
+
+def _integer_scalar(dtype: object, data: object = b"") -> np.integer:
+    """Stands in for numpy's ``multiarray.scalar``: an integer scalar from its raw bytes."""
+    plain = (
+        isinstance(dtype, np.dtype)
+        and dtype.kind in "iu"
+        and dtype.fields is None
+        and dtype.subdtype is None
+        and isinstance(data, bytes)
+        and len(data) == dtype.itemsize
+    )
+    if not plain:
+        raise _RefusedGlobal(f"numpy multiarray.scalar({dtype!r}, ...) (only integer scalars are allowed)")
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+def _latin1_bytes(text: object, encoding: object = "latin1") -> bytes:
+    """Stands in for ``_codecs.encode``, which protocol-2 pickles use to spell bytes."""
+    if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
+        raise _RefusedGlobal(f"_codecs.encode(..., {encoding!r}) (only latin1 text is allowed)")
+    return text.encode("latin-1")
+
+
+# The only globals an SR-GNN pickle may name: what numpy integer scalars pickle to.
+_SRGNN_GLOBALS = {
+    ("numpy", "dtype"): _integer_dtype,
+    ("numpy.core.multiarray", "scalar"): _integer_scalar,
+    ("numpy._core.multiarray", "scalar"): _integer_scalar,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _SrgnnUnpickler(pickle.Unpickler):
+    """Builtin containers and numbers (which need no global) plus numpy integer scalars; every
+    other global, and so every way for a pickle to call a function, is refused."""
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = _SRGNN_GLOBALS.get((module, name))
+        if allowed is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return allowed
+
+
+def _item_ids(values: object, path: Path, what: str) -> list[int]:
+    """``values`` as a list of Python ints; ValueError naming ``path`` and ``what`` otherwise."""
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{path}: {what} must be a list of integer item ids, got {type(values).__name__}")
+    if all(type(value) is int for value in values):  # bool, a subclass of int, is refused below
+        return list(values)
+    for value in values:
+        if type(value) is not int and not isinstance(value, np.integer):
+            shown = repr(value)[:40]
+            raise ValueError(
+                f"{path}: {what} holds {shown} ({type(value).__name__}); item ids must be integers"
+            )
+    return [int(value) for value in values]
 
 
 def read_srgnn_pickle(path: str | os.PathLike) -> tuple[list[list[int]], list[int]]:
     """Read an SR-GNN ``(sequences, targets)`` pickle: sequence i is the prefix whose next item is
-    targets[i]. Only open pickles you trust: unpickling can run code."""
+    targets[i].
+
+    The file is read with a restricted unpickler: builtin lists, tuples and ints (what SR-GNN's
+    preprocess and :func:`write_srgnn_pickle` write) and numpy integer scalars load; a pickle
+    naming any other global (the way a crafted pickle runs code) raises ValueError naming the file
+    and the global before anything is called. So does a file that is not a pickle, or one that
+    does not hold two equal-length lists of non-empty integer sequences and integer targets.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     with open(path, "rb") as handle:
-        data = pickle.load(handle)
-    if not (isinstance(data, (tuple, list)) and len(data) == 2 and len(data[0]) == len(data[1])):
+        try:
+            data = _SrgnnUnpickler(handle).load()
+        except _RefusedGlobal as err:
+            raise ValueError(
+                f"{path}: refused to load the global {err} from this pickle: SR-GNN pickles hold only "
+                "lists of integer item ids, and a pickle that names a function can run code when loaded"
+            ) from None
+        except Exception as err:  # a truncated file or not a pickle: any error the unpickler raises
+            raise ValueError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
+    if not (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(part, (tuple, list)) for part in data)
+        and len(data[0]) == len(data[1])
+    ):
         raise ValueError(f"{path}: expected a pickled (sequences, targets) pair of equal-length lists")
-    sequences, targets = data
-    return [[int(item) for item in sequence] for sequence in sequences], [int(target) for target in targets]
+    sequences = []
+    for i, sequence in enumerate(data[0]):
+        sequences.append(_item_ids(sequence, path, f"sequence {i}"))
+        if not sequences[-1]:
+            raise ValueError(f"{path}: sequence {i} is empty; every sample needs at least one item")
+    return sequences, _item_ids(data[1], path, "targets")
 
 
 def write_srgnn_pickle(path: str | os.PathLike, sequences: list[list[int]], targets: list[int]) -> None:
@@ -234,18 +422,39 @@ def dataset_from_srgnn_pickles(
     """
     train_sequences, train_targets = read_srgnn_pickle(train_path)
     test_sequences, test_targets = read_srgnn_pickle(test_path)
+    for path, sequences, targets in (
+        (train_path, train_sequences, train_targets),
+        (test_path, test_sequences, test_targets),
+    ):
+        if not targets:
+            raise ValueError(f"{path}: holds 0 samples; an SR-GNN pickle needs at least one")
+        smallest = min(min(targets), min(min(sequence) for sequence in sequences))
+        if smallest <= 0:
+            raise ValueError(f"{path}: SR-GNN item ids must be >= 1 (0 is padding), found {smallest}")
     all_items = [item for sequence in train_sequences + test_sequences for item in sequence]
     all_items += train_targets + test_targets
-    if any(item <= 0 for item in all_items):
-        raise ValueError("SR-GNN item ids must be >= 1 (0 is padding)")
     n_items = max(all_items, default=0)
     n_train = len(train_targets)
     train_all = SampleSet.from_lists(train_sequences, train_targets, np.arange(n_train))
     test = SampleSet.from_lists(test_sequences, test_targets, np.arange(n_train, n_train + len(test_targets)))
-    train, valid = carve_valid(
-        train_all, _session_groups(train_sequences, train_targets), valid_fraction, seed
-    )
+    groups = _session_groups(train_sequences, train_targets)
+    train, valid = carve_valid(train_all, groups, valid_fraction, seed)
+    n_groups = int(groups[-1]) + 1
+    if not len(train):
+        raise ValueError(
+            f"{train_path}: no train samples left: the validation carve took all {n_groups} train "
+            f"session(s) (round(valid_fraction={valid_fraction} * {n_groups}) = {n_groups})"
+        )
     splits = {"train": train, "valid": valid, "test": test}
+    empty_splits = {}
+    if not len(valid):
+        empty_splits["valid"] = (
+            "valid_fraction=0"
+            if valid_fraction == 0
+            else f"round(valid_fraction={valid_fraction} * {n_groups} train sessions) = 0"
+        )
+        if valid_fraction > 0:
+            warnings.warn(f"{train_path}: the valid split is empty: {empty_splits['valid']}", stacklevel=2)
     samples = {name: len(split) for name, split in splits.items()}
     total_prefix = sum(int(split.lengths().sum()) for split in splits.values())
     meta = {
@@ -256,6 +465,12 @@ def dataset_from_srgnn_pickles(
         "mean_prefix_length": total_prefix / max(sum(samples.values()), 1),
         "source": {"train": str(train_path), "test": str(test_path)},
     }
+    report = {
+        "source": meta["source"],
+        "samples_read": {"train": n_train, "test": len(test_targets)},
+        "train_sessions": n_groups,
+        "empty_splits": empty_splits,
+    }
     return SessionDataset(
         name=Path(train_path).parent.name,
         n_items=n_items,
@@ -263,4 +478,5 @@ def dataset_from_srgnn_pickles(
         item_names=[""] * (n_items + 1),
         splits=splits,
         meta=meta,
+        report=report,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 from .dataset import SessionDataset
 from .loaders import (
@@ -105,3 +106,9 @@ def load_dataset(
     if preset is None:
         raise ValueError(f"{path}: RecBole files need a preset; choose one of {', '.join(PRESETS)}")
     return _recbole_dataset(path, preset, seed, valid_fraction, options)
+
+
+def run_dataset(config: Any) -> SessionDataset:
+    """The dataset a training run of ``config`` (a :class:`~llm4sbr.config.TrainConfig`) uses: its
+    data and preset, with the validation split carved by its seed and valid_fraction."""
+    return load_dataset(config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction)

@@ -36,11 +36,14 @@ Differences from RecBole's ``recbole.model.sequential_recommender.SRGNN``:
 LLM4SBR's intents. Stage 1 writes one vector per llm4sbr sample id; RecBole samples carry no such
 id and come from different sessions (a user's whole history, cut to MAX_ITEM_LIST_LENGTH), so no
 per-sample join is sound. The intent source is an item-level table keyed by raw item token
-instead, built by :func:`write_item_intents` from a stage-1 folder and the llm4sbr dataset it was
-run on: item i's vector (per view) is the mean intent of the stage-1 samples whose prefix ends
-with i. A RecBole session then gets, on the fly, long-term = the mean of its clicks' long-term
-vectors and short-term = its last click's short-term vector. Items absent from the table (or that
-end no stage-1 sample) get zero vectors, so their projected intent is the bias of T.
+instead, built by :func:`write_item_intents` from a stage-1 folder and the training split of the
+llm4sbr dataset it was run on, with :func:`llm4sbr.intent.lookup.item_intent_table` (the same
+table the intent predictor uses): item i's long-term vector is the mean long-term intent over
+the clicks on i, its short-term vector the mean short-term intent of the samples whose last
+click is i. A RecBole session then gets, on the fly, long-term = the mean of its clicks'
+long-term vectors and short-term = its last click's short-term vector. Items the training
+samples never show get the mean intent; items absent from the table get zero vectors, so their
+projected intent is the bias of T.
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from llm4sbr import models
 from llm4sbr.atomic import atomic_writer
+from llm4sbr.config import TrainConfig
 from llm4sbr.data.dataset import SessionDataset
-from llm4sbr.intent.store import load_intents
+from llm4sbr.intent.lookup import IntentLookup, item_intent_table
 
 __all__ = [
     "LLM4SBR",
@@ -76,7 +80,6 @@ for _alias, _type in (("float_", np.float64), ("complex_", np.complex128), ("uni
     if not hasattr(np, _alias):
         setattr(np, _alias, _type)
 
-_TABLE_ROWS_PER_CHUNK = 65536
 
 _RECBOLE_SRGNN_KEYS = {
     "item_embedding.weight": "model.encoder.embedding.weight",
@@ -169,10 +172,10 @@ class LLM4SBR(_RecBoleModel):
     DEFAULTS: dict[str, Any] = {
         **_RecBoleModel.DEFAULTS,
         "item_intents_path": None,
-        "tau": 0.1,
-        "reduce_views": "mean",
-        "uniformity_t": 2.0,
-        "concat_order": "paper",
+        "tau": TrainConfig.tau,
+        "reduce_views": TrainConfig.reduce_views,
+        "uniformity_t": TrainConfig.uniformity_t,
+        "concat_order": TrainConfig.concat_order,
     }
 
     def __init__(self, config: Any, dataset: Any) -> None:
@@ -245,59 +248,21 @@ def convert_recbole_srgnn_state(state: Mapping[str, torch.Tensor]) -> dict[str, 
     return converted
 
 
-def item_intent_table(
-    dataset: SessionDataset, vectors: np.ndarray, sample_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Item-level intents from per-sample stage-1 intents.
-
-    vectors [n, 2, d_text] and sample_ids [n] as :func:`llm4sbr.intent.load_intents` returns them;
-    ``dataset`` is the llm4sbr dataset stage 1 ran on. Returns (table [n_items + 1, 2, d_text]
-    float32, counts [n_items + 1] int64): row i is the mean intent, per view, of the dataset's
-    samples whose prefix ends with item i, counts[i] how many there were (0: a zero row; row 0 is
-    padding). Samples without a vector are skipped; none at all raises ValueError.
-    """
-    if vectors.ndim != 3 or vectors.shape[1] != 2 or len(vectors) != len(sample_ids):
-        raise ValueError(
-            f"vectors must be [n, 2, d_text] with one sample id per row, got {list(vectors.shape)} "
-            f"and {len(sample_ids)} ids"
-        )
-    splits = dataset.splits.values()
-    ids = np.concatenate([s.sample_ids for s in splits]).astype(np.int64)
-    last_items = np.concatenate([s.items[s.offsets[1:] - 1] for s in splits]).astype(np.int64)
-    sample_ids = np.asarray(sample_ids, dtype=np.int64)
-    order = np.argsort(sample_ids, kind="stable")
-    sorted_ids = sample_ids[order]
-    position = np.searchsorted(sorted_ids, ids)
-    found = position < len(sorted_ids)
-    found[found] = sorted_ids[position[found]] == ids[found]
-    if not found.any():
-        raise ValueError(
-            f"none of the dataset's {len(ids)} samples has an intent vector: were the intents "
-            f"computed on dataset {dataset.name!r}?"
-        )
-    rows, last_items = order[position[found]], last_items[found]
-    d_text = vectors.shape[2]
-    sums = np.zeros((dataset.n_items + 1, 2 * d_text), dtype=np.float64)
-    for start in range(0, len(rows), _TABLE_ROWS_PER_CHUNK):
-        chunk = slice(start, start + _TABLE_ROWS_PER_CHUNK)
-        np.add.at(sums, last_items[chunk], np.asarray(vectors[rows[chunk]]).reshape(-1, 2 * d_text))
-    counts = np.bincount(last_items, minlength=dataset.n_items + 1).astype(np.int64)
-    table = sums / np.maximum(counts, 1)[:, None]
-    return table.reshape(-1, 2, d_text).astype(np.float32), counts
-
-
 def write_item_intents(
     path: str | os.PathLike, dataset: SessionDataset, intents_dir: str | os.PathLike
 ) -> Path:
     """Write the item-intent table of a stage-1 folder (``llm4sbr infer-intents --out DIR``).
 
-    ``dataset`` is the llm4sbr dataset that folder was computed on. The ``.npz`` file (written
-    atomically) holds ``item_ids`` [n_items] (raw item ids: RecBole tokens when the data came
-    from RecBole atomic files), ``intents`` [n_items, 2, d_text] float32 and ``counts`` [n_items]
-    (see :func:`item_intent_table`). Returns the path.
+    ``dataset`` is the llm4sbr dataset that folder was computed on; the table comes from its
+    training split. The ``.npz`` file (written atomically) holds ``item_ids`` [n_items] (raw
+    item ids: RecBole tokens when the data came from RecBole atomic files), ``intents``
+    [n_items, 2, d_text] float32 and ``counts`` [n_items, 2] (see
+    :func:`llm4sbr.intent.lookup.item_intent_table`). Returns the path.
     """
-    vectors, sample_ids = load_intents(intents_dir)
-    table, counts = item_intent_table(dataset, vectors, sample_ids)
+    train = dataset.splits["train"]
+    lookup = IntentLookup.load(intents_dir, dataset, splits=("train",))
+    table, counts = item_intent_table(train, lookup(torch.from_numpy(train.sample_ids)), dataset.n_items)
+    table, counts = table.numpy(), counts.numpy()
     path = Path(path)
     with atomic_writer(path) as f:
         np.savez(

@@ -26,7 +26,7 @@ from torch import nn
 
 from llm4sbr.data.loaders import read_srgnn_pickle, write_srgnn_pickle
 from llm4sbr.kernels import attn_pool
-from llm4sbr.modules import GNNCell, reset_uniform
+from llm4sbr.models.layers import GNNCell, reset_uniform
 
 __all__ = ["GNN", "SessionGraph", "read_srgnn_pickle", "write_srgnn_pickle"]
 
@@ -34,7 +34,7 @@ __all__ = ["GNN", "SessionGraph", "read_srgnn_pickle", "write_srgnn_pickle"]
 class GNN(GNNCell):
     """SR-GNN's gated GNN: ``step`` propagation steps over ``A = [A_in | A_out]``.
 
-    :class:`llm4sbr.modules.GNNCell` registers ``w_ih`` [3d, 2d], ``w_hh`` [3d, d], ``b_ih``,
+    :class:`llm4sbr.models.layers.GNNCell` registers ``w_ih`` [3d, 2d], ``w_hh`` [3d, d], ``b_ih``,
     ``b_hh`` [3d], ``b_iah``, ``b_oah`` [d], ``linear_edge_in``, ``linear_edge_out`` in the
     reference's order; ``linear_edge_f`` follows, unused as in SR-GNN and kept only because
     checkpoints contain it.

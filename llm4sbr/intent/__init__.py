@@ -14,6 +14,8 @@ from .config import IntentConfig, add_arguments, config_from_args
 from .encode import HashingEncoder, TextEncoder, make_encoder
 from .infer import IntentResult, infer_intents
 from .localize import localize
+from .lookup import IntentLookup, item_intent_table
+from .predictor import IntentExplainer, IntentPredictor, load_intent_predictor
 from .prompts import VIEWS, build_prompt
 from .store import load_catalog, load_intents, save_intents
 
@@ -24,6 +26,9 @@ __all__ = [
     "FakeBackend",
     "HashingEncoder",
     "IntentConfig",
+    "IntentExplainer",
+    "IntentLookup",
+    "IntentPredictor",
     "IntentResult",
     "TextEncoder",
     "TransformersBackend",
@@ -32,7 +37,9 @@ __all__ = [
     "build_prompt",
     "config_from_args",
     "infer_intents",
+    "item_intent_table",
     "load_catalog",
+    "load_intent_predictor",
     "load_intents",
     "localize",
     "make_backend",

@@ -61,37 +61,57 @@ class IntentConfig:
             raise ValueError(f"r must be >= 0, got {self.r}")
 
 
+# IntentConfig fields whose flags carry an ``llm-`` prefix, so that --seed, --batch-size,
+# --device and --model mean the training options wherever both sets of flags appear.
+PREFIXED = ("model", "batch_size", "seed", "device")
+
+
+def _flag(name: str) -> str:
+    return "--" + ("llm_" + name if name in PREFIXED else name).replace("_", "-")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``infer-intents`` options (all but ``--data`` and ``--out``) to ``parser``."""
+    """Add the stage-1 options (all but ``--data`` and ``--out``) to ``parser``, as a group."""
     d = IntentConfig()
-    parser.add_argument("--backend", choices=BACKENDS, default=d.backend)
-    parser.add_argument("--model", default=d.model, help="model folder or .gguf file (backend transformers)")
-    parser.add_argument(
-        "--precision", choices=PRECISIONS, default=d.precision, help="default: 4bit on CUDA, fp32 on CPU"
+    group = parser.add_argument_group("stage 1 (LLM intents)")
+
+    def add(name: str, help: str, **kwargs: object) -> None:
+        dest = "llm_" + name if name in PREFIXED else name
+        group.add_argument(_flag(name), dest=dest, default=getattr(d, name), help=help, **kwargs)
+
+    add(
+        "backend",
+        "LLM engine: the bundled SmolLM2-135M, a transformers model, or a test fake",
+        choices=BACKENDS,
     )
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    parser.add_argument(
-        "--max-prompt-items", type=int, default=d.max_prompt_items, help="default: all clicks"
+    add("model", "model folder or .gguf file (backend transformers)")
+    add("precision", "weights: default 4bit on CUDA, fp32 on CPU", choices=PRECISIONS)
+    add("batch_size", f"prompts per generation batch (default {d.batch_size})", type=int)
+    add("max_new_tokens", f"generation cap per answer (default {d.max_new_tokens})", type=int)
+    add("max_prompt_items", "show only the last N clicks in a prompt (default: all, as the paper)", type=int)
+    add("r", f"catalog items per localized intent; 0 keeps the raw answer (default {d.r})", type=int)
+    add("localize_reduce", "combine the top-r items: sum (paper) or mean (code)", choices=REDUCTIONS)
+    add("encoder", "sentence-encoder folder (default: bundled all-MiniLM-L6-v2; 'fake' for tests)")
+    add("limit", "process only the first N samples of each split", type=int)
+    add("cache_dir", "answer cache folder (default: <out>/answer_cache)")
+    add("seed", f"sampling seed, used with --do-sample (default {d.seed})", type=int)
+    add("device", "torch device of the LLM (default: CUDA when available)")
+    group.add_argument(
+        "--do-sample", action="store_true", help="sample (top_p 0.8) instead of greedy decoding"
     )
-    parser.add_argument(
-        "--r", type=int, default=d.r, help="catalog items per localized intent; 0 = raw answer"
-    )
-    parser.add_argument("--localize-reduce", choices=REDUCTIONS, default=d.localize_reduce)
-    parser.add_argument("--encoder", default=d.encoder, help="encoder folder; default all-MiniLM-L6-v2")
-    parser.add_argument("--limit", type=int, default=d.limit, help="first N samples of each split only")
-    parser.add_argument("--cache-dir", default=d.cache_dir, help="default: <out>/answer_cache")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", default=d.device)
-    parser.add_argument("--do-sample", action="store_true", help="sample (top_p 0.8) instead of greedy")
-    parser.add_argument(
+    group.add_argument(
         "--no-stop-at-newline",
         dest="stop_at_newline",
         action="store_false",
-        help="generate up to --max-new-tokens",
+        help="generate up to --max-new-tokens instead of stopping at the first line",
     )
 
 
 def config_from_args(args: argparse.Namespace) -> IntentConfig:
     """An :class:`IntentConfig` from parsed :func:`add_arguments` options."""
-    return IntentConfig(**{f.name: getattr(args, f.name) for f in fields(IntentConfig)})
+    return IntentConfig(
+        **{
+            f.name: getattr(args, "llm_" + f.name if f.name in PREFIXED else f.name)
+            for f in fields(IntentConfig)
+        }
+    )

@@ -1,7 +1,7 @@
-"""LLM4SBR (paper-spec 3): SR-GNN views gated by projected LLM intents, aligned with DirectAU.
+"""LLM4SBR (docs/method.md §3): SR-GNN views gated by projected LLM intents, aligned with DirectAU.
 
-z_lt = T e_lt + b_T ,  z_st = T e_st + b_T          (one T shared by both views, 3.2)
-alpha_lt = Q1^T sigmoid(global + z_lt)               (unbounded scalar gates, 3.4)
+z_lt = T e_lt + b_T ,  z_st = T e_st + b_T          (one T shared by both views, §3.2)
+alpha_lt = Q1^T sigmoid(global + z_lt)               (unbounded scalar gates, §3.4)
 alpha_st = Q2^T sigmoid(local + z_st)
 session  = W [local * alpha_st ; global * alpha_lt] + b    ("paper" order; "code" puts global first)
 loss     = CE + tau * AU([global, local], [z_lt, z_st])    (views averaged: paper; "sum": code)
@@ -10,31 +10,32 @@ loss     = CE + tau * AU([global, local], [z_lt, z_st])    (views averaged: pape
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from llm4sbr.config import CONCAT_ORDERS, TrainConfig
 from llm4sbr.kernels import align_uniform_loss
+from llm4sbr.models.base import SessionModel, upcast
 from llm4sbr.models.encoder import SessionGraphEncoder
-from llm4sbr.models.scoring import full_sort_scores, graph_from_batch, pick_scores, upcast
-from llm4sbr.modules import outside_autocast, reset_uniform
-
-CONCAT_ORDERS = ("paper", "code")
+from llm4sbr.models.layers import outside_autocast, reset_uniform
 
 
-class LLM4SBR(nn.Module):
-    """The full model. Batches carry ``intent`` [B, 2, d_text]: (long-term, short-term) text vectors."""
+class LLM4SBR(SessionModel):
+    """The full model. Batches carry ``intent`` [B, 2, d_text]: (long-term, short-term) text vectors.
+    Defaults are :class:`~llm4sbr.config.TrainConfig`'s."""
+
+    uses_intents = True
 
     def __init__(
         self,
         n_items: int,
         d_text: int,
-        dim: int = 100,
-        steps: int = 1,
-        readout: str = "none",
-        tau: float = 0.1,
-        reduce_views: str = "mean",
-        uniformity_t: float = 2.0,
-        concat_order: str = "paper",
+        dim: int = TrainConfig.dim,
+        steps: int = TrainConfig.steps,
+        readout: str = TrainConfig.readout,
+        tau: float = TrainConfig.tau,
+        reduce_views: str = TrainConfig.reduce_views,
+        uniformity_t: float = TrainConfig.uniformity_t,
+        concat_order: str = TrainConfig.concat_order,
     ) -> None:
         super().__init__()
         if concat_order not in CONCAT_ORDERS:
@@ -54,10 +55,6 @@ class LLM4SBR(nn.Module):
         for m in (self.text_proj, self.gate_long, self.gate_short, self.linear_transform):
             reset_uniform(m, dim)
 
-    @property
-    def n_items(self) -> int:
-        return self.encoder.n_items
-
     def views(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(local, global, z_short, z_long), each [B, d]."""
         intent = batch.get("intent")
@@ -65,7 +62,7 @@ class LLM4SBR(nn.Module):
             raise ValueError("LLM4SBR needs batch['intent'] [B, 2, d_text]; pass --intents to training")
         if intent.dim() != 3 or intent.shape[1:] != (2, self.d_text):
             raise ValueError(f"intent must have shape [B, 2, {self.d_text}], got {list(intent.shape)}")
-        local, global_ = self.encoder(batch["item_seq"], batch["item_seq_len"], graph_from_batch(batch))
+        local, global_ = self.encode(batch)
         z = self.text_proj(intent.to(local.dtype))
         return local, global_, z[:, 1], z[:, 0]
 
@@ -83,8 +80,7 @@ class LLM4SBR(nn.Module):
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         local, global_, z_short, z_long = self.views(batch)
-        logits = self.encoder.item_scores(self.fuse(local, global_, z_short, z_long))
-        loss = F.cross_entropy(upcast(logits), batch["target"] - 1)
+        loss = self.recommendation_loss(self.fuse(local, global_, z_short, z_long), batch)
         if self.tau > 0:
             behaviour = upcast(torch.stack([global_, local]))
             text = upcast(torch.stack([z_long, z_short]))
@@ -94,10 +90,3 @@ class LLM4SBR(nn.Module):
                 )
             loss = loss + self.tau * au
         return loss
-
-    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return pick_scores(self.forward(batch), self.encoder, batch["item_id"])
-
-    def full_sort_predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scores over every item -> [B, n_items + 1], column 0 (padding) = -inf."""
-        return full_sort_scores(self.encoder.item_scores(self.forward(batch)))

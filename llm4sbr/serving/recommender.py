@@ -4,10 +4,9 @@
     rec.recommend(["50", "172", "133"], k=20)                 # -> [(item_id, score), ...] best first
     rec.explain(["50", "172", "133"])                         # catalog items nearest each intent
 
-An LLM4SBR checkpoint gets the intents of a new session from the intent predictor
-(:mod:`llm4sbr.intent_predictor`, trained by ``train_intent_predictor`` after training); an SRGNN
-checkpoint needs none. :func:`evaluate_paths` compares the predictor path with the stage-1
-("oracle") intents and with an SRGNN run under the same full ranking as training.
+A model that uses intents (LLM4SBR) gets those of a new session from the intent predictor
+(:mod:`llm4sbr.intent.predictor`, trained by :func:`llm4sbr.training.train_intent_predictor`
+after training); an SRGNN checkpoint needs none. Nothing here imports the training code.
 """
 
 from __future__ import annotations
@@ -20,21 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llm4sbr.config import TrainConfig, from_dict
-from llm4sbr.data import SessionDataset, make_loader
 from llm4sbr.data.graph import SessionGraph
-from llm4sbr.intent_predictor import (
+from llm4sbr.intent.predictor import (
     PREDICTOR_FILE,
     IntentExplainer,
     IntentPredictor,
-    check_catalog,
     load_explainer,
     load_intent_predictor,
 )
-from llm4sbr.metrics import RankAccumulator
-from llm4sbr.models import LLM4SBR
-from llm4sbr.models.scoring import GRAPH_KEYS
-from llm4sbr.train import IntentLookup, evaluate, load_trained, run_dataset
+from llm4sbr.models.base import GRAPH_KEYS, SessionModel
+from llm4sbr.models.registry import load_trained
 
 UNKNOWN_POLICIES = ("raise", "skip")
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -59,11 +53,13 @@ class ServingModel(nn.Module):
     ``graph`` is a prebuilt :class:`SessionGraph` (built inside the model when None).
     """
 
-    def __init__(self, model: nn.Module, predictor: IntentPredictor | None = None) -> None:
+    def __init__(self, model: SessionModel, predictor: IntentPredictor | None = None) -> None:
         super().__init__()
-        uses_intents = isinstance(model, LLM4SBR)
+        uses_intents = model.uses_intents
         if uses_intents and predictor is None:
-            raise ValueError("an LLM4SBR model needs an intent predictor (train_intent_predictor)")
+            raise ValueError(
+                f"a {type(model).__name__} model needs an intent predictor (train_intent_predictor)"
+            )
         if not uses_intents and predictor is not None:
             raise ValueError("this model uses no intents: pass no intent predictor")
         if predictor is not None and (predictor.n_items, predictor.d_text) != (model.n_items, model.d_text):
@@ -94,7 +90,7 @@ def _predictor_path(checkpoint: str | Path, predictor: str | Path | None) -> Pat
     if not path.is_file():
         raise FileNotFoundError(
             f"intent predictor not found: {path}; train it with "
-            f"llm4sbr.intent_predictor.train_intent_predictor({str(checkpoint)!r})"
+            f"`llm4sbr train-predictor --checkpoint {checkpoint}`"
         )
     return path
 
@@ -107,7 +103,7 @@ def load_serving_model(
     checkpoint)."""
     model, _, payload = load_trained(checkpoint, device)
     intent_predictor = explainer = None
-    if int(payload["d_text"]):
+    if model.uses_intents:
         path = _predictor_path(checkpoint, predictor)
         intent_predictor, predictor_payload = load_intent_predictor(path, device)
         if predictor_payload["items"] != payload["items"]:
@@ -120,7 +116,7 @@ class Recommender:
     """Top-k next items of sessions given in raw item ids.
 
     ``scorer(item_seq [B, L], item_seq_len [B]) -> [B, n_items + 1]`` scores model item ids (a
-    :class:`ServingModel` or an exported program, see :mod:`llm4sbr.export`); ``item_ids[i]`` is
+    :class:`ServingModel` or an exported program, see :mod:`llm4sbr.serving.export`); ``item_ids[i]`` is
     the raw id of model item i (index 0 is padding); sessions keep their ``max_len`` most recent
     clicks (None: all), as in training. ``explainer`` (an LLM4SBR run whose stage-1 folder held
     the encoded catalog) backs :meth:`explain`.
@@ -163,6 +159,10 @@ class Recommender:
 
     def to_model_ids(self, session: Sequence[str | int], on_unknown: str = "raise") -> list[int]:
         """Raw ids (str, or int compared as str) -> model ids, oldest click first."""
+        if isinstance(session, (str, bytes)):
+            raise TypeError(
+                f"a session is a sequence of item ids, not the string {session!r}: pass [{session!r}]"
+            )
         if on_unknown not in UNKNOWN_POLICIES:
             raise ValueError(f"on_unknown must be one of {UNKNOWN_POLICIES}, got {on_unknown!r}")
         ids = [self.model_ids.get(str(raw), 0) for raw in session]
@@ -246,47 +246,3 @@ class Recommender:
             view: [(self.item_ids[i], names[i], cosine) for i, cosine in nearest]
             for view, nearest in explained.items()
         }
-
-
-def evaluate_paths(
-    checkpoint: str | Path,
-    *,
-    srgnn_checkpoint: str | Path | None = None,
-    predictor: str | Path | None = None,
-    dataset: SessionDataset | None = None,
-    intents: str | Path | None = None,
-    split: str = "test",
-    batch_size: int = 500,
-    device: str | torch.device = "cpu",
-) -> dict[str, dict[str, float]]:
-    """Full-ranking hit/mrr/ndcg@{5,10,20} on ``split`` of an LLM4SBR run along three paths:
-
-    * ``"predictor"``: intents from the intent predictor (the serving path, no LLM);
-    * ``"oracle"``: the stage-1 LLM intents of the split's samples (``intents``, default the
-      run's intents folder);
-    * ``"srgnn"``: the SRGNN run ``srgnn_checkpoint`` (only when given).
-
-    ``dataset`` defaults to the run's dataset rebuilt from its config.
-    """
-    serving, payload, _ = load_serving_model(checkpoint, predictor, device)
-    if serving.predictor is None:
-        raise ValueError(f"{checkpoint} is not an LLM4SBR run: there are no intent paths to compare")
-    config = from_dict(TrainConfig, json.loads(payload["config"]))
-    if dataset is None:
-        dataset = run_dataset(config)
-    check_catalog(payload, dataset, checkpoint)
-    samples = dataset.splits[split]
-    accumulator = RankAccumulator()
-    with torch.inference_mode():
-        for batch in make_loader(samples, batch_size=batch_size, max_len=config.max_len):
-            scores = serving(batch["item_seq"].to(device), batch["item_seq_len"].to(device))
-            accumulator.add(scores.float(), batch["target"].to(device))
-    results = {"predictor": accumulator.compute()}
-    lookup = IntentLookup.load(intents or config.intents, dataset)
-    common = dict(batch_size=batch_size, max_len=config.max_len, device=device)
-    results["oracle"] = evaluate(serving.model, samples, intents=lookup, **common)
-    if srgnn_checkpoint is not None:
-        srgnn, _, srgnn_payload = load_trained(srgnn_checkpoint, device)
-        check_catalog(srgnn_payload, dataset, srgnn_checkpoint)
-        results["srgnn"] = evaluate(srgnn, samples, **common)
-    return results

@@ -60,7 +60,7 @@ def test_shuffle_depends_on_seed_and_epoch_only() -> None:
     assert epochs[0] != epochs[1] != epochs[2]
     fresh = make_loader(big, batch_size=8, shuffle=True, seed=3)
     assert [epoch_order(fresh) for _ in range(3)] == epochs
-    fresh.sampler.set_epoch(2)
+    fresh.sampler.epoch = 2
     assert epoch_order(fresh) == epochs[2]
     assert epoch_order(make_loader(big, batch_size=8, shuffle=True, seed=4)) != epochs[0]
 

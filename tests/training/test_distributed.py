@@ -19,7 +19,9 @@ from llm4sbr.checkpoint import load_checkpoint
 from llm4sbr.config import TrainConfig
 from llm4sbr.data import make_loader
 from llm4sbr.kernels import use_backend
-from llm4sbr.train import evaluate, load_trained, shard_batches, train
+from llm4sbr.models import load_trained
+from llm4sbr.training import evaluate, train
+from llm4sbr.training.distributed import shard_batches
 
 
 def config() -> TrainConfig:
@@ -84,6 +86,8 @@ def test_shards_of_one_process_are_make_loaders_batches():
 def test_two_processes_train_like_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["OMP_NUM_THREADS"] = "1"
+    # The script imports the shared test helpers (tests/fakes.py).
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += [__file__, str(tmp_path / "ddp")]
     (tmp_path / "ddp").mkdir()

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from llm4sbr.data.graph import build_session_graph
-from llm4sbr.export import ExportedScorer, export_recommender, load_exported
-from llm4sbr.intent_predictor import IntentPredictor
+from llm4sbr.intent.predictor import IntentPredictor
 from llm4sbr.kernels import use_backend
 from llm4sbr.models import LLM4SBR, SRGNN
-from llm4sbr.serve import Recommender, ServingModel
+from llm4sbr.serving import Recommender, ServingModel
+from llm4sbr.serving.export import ExportedScorer, export_recommender, load_exported
 
 N_ITEMS = 13
 ITEMS = ["[PAD]"] + [f"m{i}" for i in range(1, N_ITEMS + 1)]
@@ -96,7 +96,7 @@ def test_only_llm4sbr_exports_are_loaded(tmp_path):
             return x + 1
 
     torch.export.save(torch.export.export(Plain(), (torch.ones(2),)), tmp_path / "plain.pt2")
-    with pytest.raises(ValueError, match="not written by llm4sbr.export"):
+    with pytest.raises(ValueError, match="not written by llm4sbr.serving.export"):
         load_exported(tmp_path / "plain.pt2")
     with pytest.raises(ValueError, match="ServingModel"):
         export_recommender(Recommender(lambda s, n: s, ITEMS), tmp_path / "x.pt2")

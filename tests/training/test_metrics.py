@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm4sbr.metrics import RankAccumulator, full_rank_metrics, metrics_from_ranks, target_ranks
+from llm4sbr.training.metrics import RankAccumulator, full_rank_metrics, metrics_from_ranks, target_ranks
 
 
 def scores_with_ranks(ranks: list[int], n_items: int = 40) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from llm4sbr.data.graph import SessionGraph, build_session_graph
 from llm4sbr.kernels import use_backend
-from llm4sbr.serve import Recommender, ServingModel
+from llm4sbr.serving.recommender import Recommender, ServingModel
 
 FORMAT = "llm4sbr-export-v1"
 META_FILE = "llm4sbr.json"
@@ -125,5 +125,7 @@ def load_exported(path: str | Path) -> Recommender:
     program = torch.export.load(Path(path), extra_files=extra_files)
     meta = json.loads(extra_files[META_FILE] or "{}")
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} was not written by llm4sbr.export (no {META_FILE} of format {FORMAT})")
+        raise ValueError(
+            f"{path} was not written by llm4sbr.serving.export (no {META_FILE} of format {FORMAT})"
+        )
     return Recommender(ExportedScorer(program), meta["items"], max_len=meta["max_len"])

@@ -220,7 +220,8 @@ def test_load_dataset_paths(tmp_path: Path) -> None:
     csv_path = write_lines(
         tmp_path / "c.csv", ["session_id,item_id,timestamp", *[f"s{t % 2},{t % 3},{t}" for t in range(12)]]
     )
-    assert load_dataset(csv_path, min_item_count=1).meta["preset"] == "srgnn"
+    # The 12 clicks span 11 seconds: a 1-second test window leaves session s0 to train on.
+    assert load_dataset(csv_path, min_item_count=1, test_days=1 / 86400).meta["preset"] == "srgnn"
 
     pickles = tmp_path / "pickles"
     pickles.mkdir()

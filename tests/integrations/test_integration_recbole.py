@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from fakes import fake_intents, tiny_dataset
+from fakes import tiny_dataset
 
 for _module in ("recbole.model.abstract_recommender", "recbole.config", "recbole.data", "recbole.trainer"):
     pytest.importorskip(_module, reason="needs the recbole extra: pip install 'llm4sbr[recbole]'")
@@ -19,13 +19,12 @@ from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.trainer import Trainer  # noqa: E402
 
-from llm4sbr.bench import samples_fingerprint, split_fingerprint  # noqa: E402
+from bench.train import samples_fingerprint, split_fingerprint  # noqa: E402
 from llm4sbr.data import load_dataset, recbole_ml100k_dir  # noqa: E402
 from llm4sbr.integrations.recbole import (  # noqa: E402
     LLM4SBR,
     SRGNN,
     convert_recbole_srgnn_state,
-    item_intent_table,
     read_item_intents,
     write_item_intents,
 )
@@ -235,26 +234,6 @@ def test_loss_types_other_than_ce_are_rejected(recbole_setup):
     config["loss_type"] = "BPR"
     with pytest.raises(ValueError, match="loss_type 'CE' only"):
         SRGNN(config, train.dataset)
-
-
-def test_item_intent_table_averages_the_intents_of_samples_ending_with_each_item():
-    dataset = tiny_dataset(n_items=N_ITEMS)
-    vectors, sample_ids = fake_intents(dataset, d_text=D_TEXT)
-    keep = np.arange(len(sample_ids)) % 5 != 0  # samples without a vector are skipped
-    table, counts = item_intent_table(dataset, vectors[keep][::-1], sample_ids[keep][::-1])
-    assert table.shape == (N_ITEMS + 1, 2, D_TEXT) and table.dtype == np.float32
-    vector_of = dict(zip(sample_ids[keep].tolist(), vectors[keep], strict=True))
-    ending_with = {item: [] for item in range(N_ITEMS + 1)}
-    for samples in dataset.splits.values():
-        for i, sample_id in enumerate(samples.sample_ids.tolist()):
-            if sample_id in vector_of:
-                ending_with[int(samples.prefix(i)[-1])].append(vector_of[sample_id])
-    for item, rows in ending_with.items():
-        assert counts[item] == len(rows)
-        expected = np.mean(rows, axis=0) if rows else np.zeros((2, D_TEXT))
-        np.testing.assert_allclose(table[item], expected, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="none of the dataset's .* samples has an intent vector"):
-        item_intent_table(dataset, vectors[:2], sample_ids[:2] + 10_000)
 
 
 def test_item_intent_file_round_trip_and_validation(item_intents_file, tmp_path):

@@ -1,6 +1,6 @@
-"""The benchmark harness (llm4sbr.bench): a smoke run of every suite on tiny shapes writes
-results, CSVs, tables and plots; the measuring helpers (percentiles, peak memory, sample
-fingerprints) are right on known inputs."""
+"""The benchmarks (``bench/``, run as ``python -m bench``): a smoke run of every suite on tiny
+shapes writes results, CSVs, tables and plots; the measuring helpers (percentiles, peak memory,
+sample fingerprints) are right on known inputs; the random-intent control folder loads."""
 
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ import pytest
 import torch
 from fakes import tiny_dataset
 
-from llm4sbr.bench import (
-    BenchOptions,
-    Shape,
-    _real_prompts,
-    kernel_case,
-    peak_memory_mib,
-    render_tables,
-    run_benchmarks,
-    samples_fingerprint,
-    summarize,
-)
+from bench.harness import BenchOptions, Shape, peak_memory_mib, run_benchmarks, summarize
+from bench.kernels import kernel_case
+from bench.llm import real_prompts
+from bench.report import render_tables
+from bench.serve import recommend_records
+from bench.train import samples_fingerprint, write_random_intents
+from llm4sbr.config import TrainConfig
+from llm4sbr.intent import load_intents
+from llm4sbr.training import train
 
 
 def test_smoke_run_writes_every_output(tmp_path) -> None:
@@ -96,7 +94,27 @@ def test_llm_prompts_show_the_last_max_prompt_items_clicks() -> None:
     def clicks(prompt: str) -> list[str]:
         return [line.split(". ", 1)[1] for line in prompt.splitlines() if re.match(r"\d+\. ", line)]
 
-    full, cut = _real_prompts(4), _real_prompts(4, max_items=2)
+    full, cut = real_prompts(4), real_prompts(4, max_items=2)
     assert max(len(clicks(p)) for p in full) > 2
     for whole, last in zip(full, cut, strict=True):
         assert clicks(last) == clicks(whole)[-2:]
+
+
+def test_random_intents_are_a_loadable_stage1_folder(tmp_path) -> None:
+    dataset = tiny_dataset()
+    out = write_random_intents(dataset, tmp_path / "random", d_text=4)
+    vectors, sample_ids = load_intents(out)
+    n = sum(len(s.sample_ids) for s in dataset.splits.values())
+    assert vectors.shape == (n, 2, 4) and sorted(sample_ids.tolist()) == sorted(set(sample_ids.tolist()))
+    assert json.loads((out / "meta.json").read_text())["random"] is True
+
+
+def test_serve_suite_times_recommend_of_a_trained_run(tmp_path) -> None:
+    dataset = tiny_dataset()
+    config = TrainConfig(data="tiny", dim=8, epochs=1, batch_size=8, eval_batch_size=16, device="cpu")
+    train(config, tmp_path / "run", dataset=dataset, progress=False)
+    options = BenchOptions.tiny(serve_checkpoint=str(tmp_path / "run" / "best.pt"), dataset=dataset)
+    records = recommend_records(options, torch.device("cpu"))
+    assert [r["path"] for r in records] == ["Recommender.recommend"]  # an SRGNN run has no explainer
+    for record in records:
+        assert record["rounds"] == options.serve_rounds and 0 < record["p50_ms"] <= record["p99_ms"]

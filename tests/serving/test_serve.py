@@ -9,7 +9,8 @@ import torch
 from fakes import fake_intents, tiny_dataset
 
 import llm4sbr
-from llm4sbr.config import TrainConfig
+from llm4sbr.config import PredictorConfig, TrainConfig
+from llm4sbr.intent.predictor import PREDICTOR_FILE, IntentPredictor, load_intent_predictor
 from llm4sbr.intent.store import (
     FORMAT,
     INTENTS_FILE,
@@ -18,17 +19,10 @@ from llm4sbr.intent.store import (
     write_meta,
     write_sample_ids,
 )
-from llm4sbr.intent_predictor import (
-    PREDICTOR_FILE,
-    IntentPredictor,
-    PredictorConfig,
-    item_intent_cache,
-    load_intent_predictor,
-    train_intent_predictor,
-)
 from llm4sbr.kernels import use_backend
-from llm4sbr.serve import Recommender, ServingModel, UnknownItemError, evaluate_paths
-from llm4sbr.train import IntentLookup, load_trained, train
+from llm4sbr.models import load_trained
+from llm4sbr.serving import Recommender, ServingModel, UnknownItemError
+from llm4sbr.training import evaluate_paths, train, train_intent_predictor
 
 D_TEXT = 12  # fake_intents' width
 
@@ -78,21 +72,6 @@ def runs(tmp_path_factory):
             progress=False,
         )
     return {"root": root, "ds": ds, "intents": intents, "llm": llm, "srgnn": srgnn, "predictor": predictor}
-
-
-def test_item_cache_is_the_mean_intent_per_clicked_item_and_last_click():
-    ds = tiny_dataset()
-    lookup = IntentLookup(*fake_intents(ds), ds)
-    train_set = ds.splits["train"]
-    cache = item_intent_cache(train_set, lookup, ds.n_items).numpy()
-    vectors = lookup(torch.from_numpy(train_set.sample_ids)).double().numpy()
-    for item in (1, 7, 30):
-        clicks = [s for s in range(len(train_set)) for i in train_set.prefix(s) if i == item]
-        lasts = [s for s in range(len(train_set)) if train_set.prefix(s)[-1] == item]
-        expected_long = vectors[clicks, 0].mean(0) if clicks else vectors[:, 0].mean(0)
-        expected_short = vectors[lasts, 1].mean(0) if lasts else vectors[:, 1].mean(0)
-        np.testing.assert_allclose(cache[item, 0], expected_long, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(cache[item, 1], expected_short, rtol=1e-5, atol=1e-6)
 
 
 def test_predictor_pools_valid_clicks_only():
@@ -172,7 +151,7 @@ def test_max_len_keeps_the_most_recent_clicks(runs):
 def test_srgnn_serves_without_a_predictor_and_llm4sbr_needs_one(runs, tmp_path):
     rec = Recommender.load(runs["root"] / "srgnn" / "best.pt")
     assert len(rec.recommend(["raw1", "raw2"], k=3)) == 3
-    with pytest.raises(FileNotFoundError, match="train_intent_predictor"):
+    with pytest.raises(FileNotFoundError, match="llm4sbr train-predictor --checkpoint"):
         Recommender.load(runs["root"] / "llm" / "best.pt", predictor=tmp_path / "missing.pt")
     model, _, _ = load_trained(runs["root"] / "llm" / "best.pt")
     with pytest.raises(ValueError, match="needs an intent predictor"):
@@ -202,7 +181,7 @@ def test_three_paths_on_test(runs):
 
 def test_recommender_is_exported_lazily():
     assert llm4sbr.Recommender is Recommender
-    code = "import sys, llm4sbr; assert 'llm4sbr.serve' not in sys.modules and 'torch' not in sys.modules"
+    code = "import sys, llm4sbr; assert 'llm4sbr.serving' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -228,13 +207,3 @@ def test_explain_names_the_catalog_items_nearest_each_predicted_intent(runs):
 def test_explain_needs_an_llm4sbr_run_with_a_catalog(runs):
     with pytest.raises(ValueError, match="no intent explanations"):
         Recommender.load(runs["root"] / "srgnn" / "best.pt").explain(["raw4"])
-
-
-def test_serve_benchmark_times_recommend_and_explain_of_a_run(runs):
-    from llm4sbr.bench import BenchOptions, _recommend_records
-
-    options = BenchOptions.tiny(serve_checkpoint=str(runs["root"] / "llm" / "best.pt"), dataset=runs["ds"])
-    records = _recommend_records(options, torch.device("cpu"))
-    assert [r["path"] for r in records] == ["Recommender.recommend", "Recommender.explain"]
-    for record in records:
-        assert record["rounds"] == options.serve_rounds and 0 < record["p50_ms"] <= record["p99_ms"]

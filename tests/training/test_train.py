@@ -5,11 +5,13 @@ import pytest
 import torch
 from fakes import fake_intents, tiny_dataset
 
-import llm4sbr.train as train_module
+import llm4sbr.training.trainer as train_module
 from llm4sbr.checkpoint import load_checkpoint
 from llm4sbr.config import TrainConfig
+from llm4sbr.intent.lookup import IntentLookup
 from llm4sbr.kernels import use_backend
-from llm4sbr.train import IntentLookup, evaluate, load_trained, train
+from llm4sbr.models import load_trained
+from llm4sbr.training import StaleRunError, evaluate, train
 
 
 @pytest.fixture(autouse=True)
@@ -96,8 +98,36 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, monkey
 def test_resume_refuses_a_different_config(tmp_path):
     ds = tiny_dataset()
     train(config(epochs=1), tmp_path / "run", dataset=ds, progress=False)
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(StaleRunError, match="config, dataset or intents differ"):
         train(config(epochs=1, lr=0.01), tmp_path / "run", dataset=ds, resume=True, progress=False)
+
+
+def test_a_run_on_other_intents_is_never_reused(tmp_path, monkeypatch):
+    """Same config and data, other intent vectors (e.g. a quick check with the fake backend in
+    the same folder): resuming refuses, the pipeline trains again, and the checkpoint records
+    where the intents are as an absolute path."""
+    from llm4sbr.pipeline import train_or_resume
+
+    ds = tiny_dataset()
+    first = write_intents(tmp_path / "a", ds)
+    monkeypatch.chdir(tmp_path)
+    relative = config(model="llm4sbr", epochs=1, intents="a/intents")
+    train(relative, tmp_path / "run", dataset=ds, progress=False)
+    saved = json.loads(load_checkpoint(tmp_path / "run" / "best.pt")["config"])
+    assert saved["intents"] == str(first.resolve())
+
+    vectors, ids = fake_intents(ds)
+    other = tmp_path / "b" / "intents"
+    from llm4sbr.intent import save_intents
+
+    save_intents(other, vectors + 1.0, ids, meta={"backend": "other"})
+    retrained = config(model="llm4sbr", epochs=1, intents=str(other))
+    with pytest.raises(StaleRunError):
+        train(retrained, tmp_path / "run", dataset=ds, resume=True, progress=False)
+    before = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    train_or_resume(retrained, tmp_path / "run", ds, progress=False)
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns > before
+    assert json.loads(load_checkpoint(tmp_path / "run" / "last.pt")["config"])["intents"] == str(other)
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path):

@@ -1,0 +1,76 @@
+"""``python -m bench``: run benchmark suites into a results folder, or print a folder's tables.
+
+Run from the repository root:
+
+    python -m bench --suite kernels|train|serve|llm|all [--out bench/results/<device>] ...
+    python -m bench --tables bench/results/cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .harness import PROVIDERS, SHAPES, SUITES, BenchOptions, run_benchmarks
+from .llm import RANDOM_LLM_CONFIGS
+from .report import render_tables
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Latency and memory benchmarks -> JSON, CSV, tables and plots."
+    )
+    parser.add_argument(
+        "--suite", choices=(*SUITES, "all"), default="all", help="which benchmarks (default: all)"
+    )
+    parser.add_argument("--out", help="results folder (default: bench/results/<device>)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument(
+        "--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES), help="kernel shapes"
+    )
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
+    parser.add_argument("--rounds", type=int, default=20, help="timed calls per measurement")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs per run (default 2)")
+    parser.add_argument("--recbole-python", default=".venv-recbole/bin/python", help="RecBole's interpreter")
+    parser.add_argument("--recbole-script", default="bench/recbole_peer.py")
+    parser.add_argument(
+        "--serve-checkpoint", help="also time Recommender.recommend of this trained run (best.pt)"
+    )
+    parser.add_argument("--llm-models", nargs="+", help=f"bundled or {', '.join(RANDOM_LLM_CONFIGS)}")
+    parser.add_argument("--llm-prompts", type=int, default=8, help="prompts per LLM measurement")
+    parser.add_argument("--llm-batch-size", type=int, default=8, help="prompts per generation batch")
+    parser.add_argument(
+        "--llm-max-prompt-items", type=int, help="bundled LLM prompts show the last N clicks (default: all)"
+    )
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--tables", metavar="RESULTS_DIR", help="only print the markdown tables of a results folder"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.tables:
+        print(render_tables(json.loads((Path(args.tables) / "results.json").read_text())), end="")
+        return 0
+    options = BenchOptions(
+        device=args.device, shapes=tuple(args.shapes), providers=tuple(args.providers), rounds=args.rounds,
+        threads=args.threads, epochs=args.epochs, recbole_python=args.recbole_python,
+        recbole_script=args.recbole_script, llm_models=tuple(args.llm_models) if args.llm_models else None,
+        llm_prompts=args.llm_prompts, llm_batch_size=args.llm_batch_size,
+        llm_max_prompt_items=args.llm_max_prompt_items, serve_checkpoint=args.serve_checkpoint,
+        plots=not args.no_plots,
+    )  # fmt: skip
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    results = run_benchmarks(suites, args.out, options)
+    print(render_tables(results), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

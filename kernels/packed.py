@@ -1,0 +1,259 @@
+"""Packed ops: :func:`gnn_step` and :func:`attn_pool` on a batch's distinct nodes (docs/method.md §3.1).
+
+The dense ops take the batch as [B, N, d] node states with [B, N, N] adjacency, padding
+included. The packed ops take only the T distinct (session, item) nodes of the batch, session
+after session (the layout of ``llm4sbr.data.graph.PackedSessionGraph``), with the graph as edge
+lists: no padding rows and no N x N products. They are pure PyTorch (no Triton kernel, no
+backend dispatch) and compute the dense references' functions up to rounding; the encoder uses
+them where Triton cannot run (see ``llm4sbr.models.encoder``).
+
+gnn_step, folded. Write W_ein, b_ein, W_eout, b_eout for edge_in_w, edge_in_b, edge_out_w,
+edge_out_b, and w_ih = [W_ih,in | W_ih,out] (the halves acting on a_in and a_out). With
+M_in = W_ein^T W_ih,in^T and M_out = W_eout^T W_ih,out^T ([d, 3d]), the input gates of
+:func:`gnn_step_ref` are (A is linear, so the edge linears fold into the GRU input weights; the
+edge biases pass through A as A 1 b^T there too, so this holds for any adjacency weights):
+
+    gi = A_in (h M_in + b_ein W_ih,in^T) + A_out (h M_out + b_eout W_ih,out^T)
+         + b_iah W_ih,in^T + b_oah W_ih,out^T + b_ih,          gh = h W_hh^T + b_hh
+
+So one GEMM P = rows @ [M_in | M_out | W_hh^T] + bias (9d^2 multiply-adds per row instead of
+11d^2) gives every per-node product, and one sparse product with the step matrix S sums the
+neighbours' rows into gi and picks each node's own row for gh. ``rows`` [R, d] are the distinct
+GEMM inputs, node v's being row ``row_of_node[v]``: in the first step h is the item embedding,
+so R is the number of distinct items of the batch and the GEMM runs once per item instead of
+once per node (on MovieLens-100k about 960 items for 3,900 nodes in a batch of 100 sessions);
+in later steps rows = h and R = T.
+
+The step matrix. P viewed as [3R, 3d] holds, for GEMM row r, the in product at row 3r, the out
+product at 3r + 1 and the hh product at 3r + 2. S [2T, 3R] (sparse CSR) has, for each edge
+u -> v, in_weight at (2v, 3 row(u)) and out_weight at (2u, 3 row(v) + 1), and 1 at
+(2v + 1, 3 row(v) + 2), so that
+
+    (S @ P).view(T, 6d) = [gi - constant, gh + constant_rz]
+
+where constant = b_iah W_ih,in^T + b_oah W_ih,out^T + b_ih [3d]: its r and z parts are added to
+the hh products' bias (they only ever appear in i_r + h_r and i_z + h_z), its n part is added
+to i_n after the sparse product. The backward of the sparse product is one product with the
+transpose, built alongside S (torch's own backward of a CSR product re-sorts the matrix on every
+call). The gates then follow gnn_step_ref: r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + r * h_n),
+h' = n + z (h - n).
+
+attn_pool on nodes. The score e_j = w3^T sigmoid(q_last + W2 h_j + b2) of a click depends only
+on its node, so node v enters the pooled sum ``clicks[v]`` times (the clicks of its session it
+stands for): out[b] = sum_{v in b} w_v h_v with w_v = clicks[v] e_v ("none") or, the softmax
+over the session's clicks, w_v = clicks[v] exp(e_v) / sum_{u in b} clicks[u] exp(e_u)
+("softmax", computed shifted by the session's largest score).
+
+Tested against the dense references in float64 and by gradcheck (tests/kernels/test_packed.py);
+the encoder's packed path against its padded path in tests/models/test_models.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ._launch import check_tensor
+
+NORMALIZE = ("none", "softmax")
+
+
+def packed_step_matrix(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    in_weight: torch.Tensor,
+    out_weight: torch.Tensor,
+    row_of_node: torch.Tensor,
+    n_rows: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step matrix S [2T, 3R] of :func:`gnn_step_packed` and its transpose [3R, 2T], sparse CSR.
+
+    src, dst [E] long: the edges u -> v of the batch over its T nodes; in_weight, out_weight [E]
+    floating: ``A_in[v, u]`` and ``A_out[u, v]`` of each edge (a ``PackedSessionGraph`` has all
+    four fields under these names); row_of_node [T] long: the GEMM row in 0..n_rows-1 of each
+    node, T = ``row_of_node.shape[0]``; n_rows: R; dtype: the values' dtype (that of h). All
+    tensors on one device. Positions must be distinct (each edge once, as the graph builders give
+    them); the indices are not range-checked (that would cost a host sync).
+    """
+    check_tensor("row_of_node", row_of_node, ("T",), dtype=torch.long)
+    device = row_of_node.device
+    check_tensor("src", src, ("E",), dtype=torch.long, device=device)
+    n_edges = src.shape[0]
+    check_tensor("dst", dst, (n_edges,), dtype=torch.long, device=device)
+    check_tensor("in_weight", in_weight, (n_edges,), device=device)
+    check_tensor("out_weight", out_weight, (n_edges,), device=device)
+    if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
+        raise ValueError(f"n_rows must be a non-negative int, got {n_rows!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+
+    n_nodes = row_of_node.shape[0]
+    nodes = torch.arange(n_nodes, device=device)
+    rows = torch.cat([2 * dst, 2 * src, 2 * nodes + 1])
+    cols = torch.cat([3 * row_of_node[src], 3 * row_of_node[dst] + 1, 3 * row_of_node + 2])
+    ones = torch.ones(n_nodes, dtype=dtype, device=device)
+    values = torch.cat([in_weight.to(dtype), out_weight.to(dtype), ones])
+    shape = (2 * n_nodes, 3 * n_rows)
+    return _csr(rows, cols, values, shape), _csr(cols, rows, values, shape[::-1])
+
+
+def _csr(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """Sparse CSR matrix of ``shape`` from (row, column, value) triplets with distinct positions."""
+    order = torch.argsort(rows * shape[1] + cols)
+    crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=shape[0]), dim=0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
+        )
+        return torch.sparse_csr_tensor(crow, cols[order], values[order], shape, check_invariants=False)
+
+
+class _SparseProduct(torch.autograd.Function):
+    """``matrix @ x`` for a constant sparse matrix given with its transpose, so the backward is one
+    sparse product. matrix [M, K], transposed [K, M], x [K, n] -> [M, n]; no gradient to the matrix."""
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor, transposed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.transposed = transposed
+        return matrix @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, ctx.transposed @ grad
+
+
+def _check_gnn_inputs(
+    rows, h, step_matrix, edge_in_w, edge_in_b, edge_out_w, edge_out_b, b_iah, b_oah, w_ih, b_ih, w_hh, b_hh
+):
+    check_tensor("h", h, ("T", "d"))
+    T, d = h.shape
+    check_tensor("rows", rows, ("R", d), like=h)
+    R = rows.shape[0]
+    if not (isinstance(step_matrix, (tuple, list)) and len(step_matrix) == 2):
+        raise ValueError(
+            f"step_matrix must be the pair (S [2T, 3R], S^T [3R, 2T]) from packed_step_matrix, "
+            f"got {type(step_matrix).__name__}"
+        )
+    check_tensor("step_matrix[0]", step_matrix[0], (2 * T, 3 * R), like=h)
+    check_tensor("step_matrix[1]", step_matrix[1], (3 * R, 2 * T), like=h)
+    for name, t in (("edge_in_w", edge_in_w), ("edge_out_w", edge_out_w)):
+        check_tensor(name, t, (d, d), like=h)
+    for name, t in (("edge_in_b", edge_in_b), ("edge_out_b", edge_out_b), ("b_iah", b_iah), ("b_oah", b_oah)):
+        check_tensor(name, t, (d,), like=h)
+    check_tensor("w_ih", w_ih, (3 * d, 2 * d), like=h)
+    check_tensor("b_ih", b_ih, (3 * d,), like=h)
+    check_tensor("w_hh", w_hh, (3 * d, d), like=h)
+    check_tensor("b_hh", b_hh, (3 * d,), like=h)
+
+
+def gnn_step_packed(
+    rows: torch.Tensor,
+    h: torch.Tensor,
+    step_matrix: tuple[torch.Tensor, torch.Tensor],
+    edge_in_w: torch.Tensor,
+    edge_in_b: torch.Tensor,
+    edge_out_w: torch.Tensor,
+    edge_out_b: torch.Tensor,
+    b_iah: torch.Tensor,
+    b_oah: torch.Tensor,
+    w_ih: torch.Tensor,
+    b_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_hh: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`gnn_step_ref` on packed nodes with the folded weights (see the module docstring).
+
+    rows [R, d]: the GEMM rows, with ``h[v] == rows[row_of_node[v]]`` for the ``row_of_node`` the
+    step matrix was built with; h [T, d] node states; step_matrix: (S [2T, 3R], S^T [3R, 2T]) from
+    :func:`packed_step_matrix` (constant: no gradient); the weights as in :func:`gnn_step`
+    (edge weights [d, d], edge biases, b_iah, b_oah [d], w_ih [3d, 2d], w_hh [3d, d], b_ih,
+    b_hh [3d]) -> h' [T, d]. All floating tensors share h's dtype and device.
+    """
+    _check_gnn_inputs(
+        rows,
+        h,
+        step_matrix,
+        edge_in_w,
+        edge_in_b,
+        edge_out_w,
+        edge_out_b,
+        b_iah,
+        b_oah,
+        w_ih,
+        b_ih,
+        w_hh,
+        b_hh,
+    )
+    d = h.shape[1]
+    w_ih_in, w_ih_out = w_ih[:, :d], w_ih[:, d:]
+    # gi's constant: the r and z parts ride on the hh products (picked with weight 1, added to
+    # gi's in the gates), the n part is added to i_n.
+    constant = b_iah @ w_ih_in.T + b_oah @ w_ih_out.T + b_ih
+    weight = torch.cat([edge_in_w.T @ w_ih_in.T, edge_out_w.T @ w_ih_out.T, w_hh.T], dim=1)
+    bias = torch.cat(
+        [
+            edge_in_b @ w_ih_in.T,
+            edge_out_b @ w_ih_out.T,
+            b_hh + torch.cat([constant[: 2 * d], constant.new_zeros(d)]),
+        ]
+    )
+    products = torch.addmm(bias, rows, weight).view(3 * rows.shape[0], 3 * d)
+    gates = _SparseProduct.apply(*step_matrix, products).view(h.shape[0], 6 * d)  # [gi - c, gh + c_rz]
+    # One split (its backward is one concatenation), not four slices (a zero-filled [T, 6d]
+    # gradient each).
+    i_rz, i_n, h_rz, h_n = gates.split([2 * d, d, 2 * d, d], dim=1)
+    r, z = torch.sigmoid(i_rz + h_rz).chunk(2, dim=1)
+    n = torch.tanh(i_n + torch.addcmul(constant[2 * d :], r, h_n))
+    return torch.lerp(n, h, z)  # n + z (h - n)
+
+
+def _check_pool_inputs(h, session, clicks, q_last, w2, b2, w3, normalize):
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    check_tensor("h", h, ("T", "d"))
+    T, d = h.shape
+    check_tensor("session", session, (T,), dtype=torch.long, device=h.device)
+    check_tensor("clicks", clicks, (T,), device=h.device)
+    check_tensor("q_last", q_last, ("B", d), like=h)
+    check_tensor("w2", w2, (d, d), like=h)
+    check_tensor("b2", b2, (d,), like=h)
+    check_tensor("w3", w3, (d,), like=h)
+
+
+def attn_pool_packed(
+    h: torch.Tensor,
+    session: torch.Tensor,
+    clicks: torch.Tensor,
+    q_last: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    w3: torch.Tensor,
+    normalize: str = "none",
+) -> torch.Tensor:
+    """:func:`attn_pool_ref` on packed nodes (see the module docstring).
+
+    h [T, d] node states; session [T] long: the batch row of each node, in 0..B-1; clicks [T]
+    (any real dtype, used in h's): how many clicks of its session each node stands for;
+    q_last [B, d] = W1 h_last + b1 (B, the number of sessions, is taken from it); w2 [d, d];
+    b2 [d]; w3 [d]; normalize "none" or "softmax" -> [B, d]. A session without nodes gets zeros.
+    session is not range-checked (that would cost a host sync).
+    """
+    _check_pool_inputs(h, session, clicks, q_last, w2, b2, w3, normalize)
+    batch = q_last.shape[0]
+    projected = torch.addmm(b2, h, w2.T)
+    e = torch.sigmoid(projected + q_last[session]) @ w3  # [T]
+    clicks = clicks.to(h.dtype)
+    if normalize == "softmax":
+        # Softmax over a session's clicks: node v holds clicks[v] of them, all with score e[v].
+        scores = e.detach()
+        peak = scores.new_full((batch,), float("-inf")).scatter_reduce(0, session, scores, "amax")
+        weight = clicks * torch.exp(e - peak[session])
+        alpha = weight / weight.new_zeros(batch).index_add(0, session, weight)[session]
+    else:
+        alpha = e * clicks
+    return h.new_zeros(batch, h.shape[1]).index_add(0, session, alpha.unsqueeze(1) * h)
