@@ -35,8 +35,9 @@ Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
 Every output element is written by one program and partial sums are added on the host: no
 atomics, so forward and backward are bit-reproducible. The item chunks of the forward and of dx
 give parallelism when B is small: ``chunk_size`` (rounded up to whole item tiles) sets them; by
-default they give ~4 programs per SM on CUDA and a single chunk under the interpreter. The
-backward costs ~4 GEMMs of [B, n, d] (logits recomputed for dx and for dW) against 3 unfused.
+default they give ~4 programs per SM on CUDA and a single chunk under the interpreter. Forward
+plus backward cost ~5 [B, n, d] GEMMs (the logits are recomputed for dx and for dW) against 3
+unfused.
 
 Numerics: accumulation is float32 (float64 for float64 inputs); the tl.dot operands are upcast
 to that dtype with input_precision="ieee" (no TF32, which would put ~1e-3 relative errors into
@@ -48,11 +49,15 @@ bfloat16 tl.dot is wrong in triton 3.7.1). Loss and gradients come back in the i
 Limits: B, n, d >= 1, x and weight of one floating dtype, target int64 on x's device. No
 ``ignore_index``: targets must lie in [0, n). That is checked with a ValueError for CPU tensors
 only; for CUDA tensors the check would need a host sync, so it is skipped and a row whose target
-is out of range gets a NaN loss instead (on both paths). d is unbounded (tiled), but a program
-of dx or dW recomputes the logits for every d block of 128 columns, so d > 128 costs extra
-recomputation. Tested on CPU only (PyTorch path, and the Triton interpreter in float16,
-bfloat16, float32, float64); the three kernels compile for sm_90 (triton 3.7.1 and its ptxas),
-not yet run on a GPU.
+is out of range gets a NaN loss instead (on both paths). Triton path: B * d < 2**31 (the dW
+kernel indexes x with int32 offsets; int64 ones made ptxas spill), checked with a ValueError;
+n and d are unbounded (tiled), but dx and dW recompute the logits for each block of 128
+gradient columns, so d > 128 costs extra recomputation.
+
+Tested on CPU only: the PyTorch path, and the Triton interpreter in float16, bfloat16, float32
+and float64. The three kernels compile for sm_90 with triton 3.7.1 and its ptxas, without
+register spills for float32, bfloat16 and float64 at B=512, n=400k, d=100 (64 x 64 tiles, 8
+warps); not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -77,14 +82,18 @@ MAX_BLOCK_D = 128
 # Programs per SM that the default item chunks of the Triton path aim for on CUDA.
 PROGRAMS_PER_SM = 4
 MAX_GRID_Y = 65535
+# _lce_bwd_w_kernel indexes x with int32 offsets.
+MAX_X_ELEMENTS = 2**31 - 1
 
 
 @jit
 def _logits_tile(
-    x_rows,
-    w_items,
-    rows_left,
-    items_left,
+    x_ptr,
+    w_ptr,
+    rows,
+    items,
+    B,
+    N,
     D,
     ACC_FP64: tl.constexpr,
     NATIVE_DOT: tl.constexpr,
@@ -92,21 +101,19 @@ def _logits_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """[BLOCK_B, BLOCK_N] logits tile in the accumulator dtype. x_rows, w_items point at the tile's
-    first row of x and of weight; rows_left, items_left bound it (rows/items past them give 0).
-    Offsets within the tile are int32 (64-bit row offsets made ptxas spill); the 64-bit part is
-    in the base pointers."""
+    """x[rows] @ w[items]^T as a [BLOCK_B, BLOCK_N] tile in the accumulator dtype; rows and items
+    out of range give 0."""
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
-    r = tl.arange(0, BLOCK_B)
-    i = tl.arange(0, BLOCK_N)
-    row_ok = r < rows_left
-    item_ok = i < items_left
+    row_ok = rows < B
+    item_ok = items < N
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=acc_dtype)
     for k0 in range(0, D, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < D
-        x = tl.load(x_rows + r[:, None] * D + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_items + i[:, None] * D + ks[None, :], mask=item_ok[:, None] & k_ok[None, :], other=0.0)
+        x = tl.load(x_ptr + rows[:, None] * D + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(
+            w_ptr + items[:, None] * D + ks[None, :], mask=item_ok[:, None] & k_ok[None, :], other=0.0
+        )
         if not NATIVE_DOT:
             x = x.to(acc_dtype)
             w = w.to(acc_dtype)
@@ -143,9 +150,9 @@ def _lce_fwd_kernel(
     """One (row block, item chunk) -> max, sum [chunks, B] (online log-sum-exp of the chunk) and
     target_logit [chunks, B] (0 where the target lies in another chunk)."""
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
-    row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
+    row_block = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1).to(tl.int64)
-    rows = row0 + tl.arange(0, BLOCK_B)
+    rows = row_block * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
     run_max = tl.full([BLOCK_B], float("-inf"), acc_dtype)
@@ -158,9 +165,8 @@ def _lce_fwd_kernel(
     for n0 in range(first, last, BLOCK_N):
         items = n0 + tl.arange(0, BLOCK_N)
         logits = _logits_tile(
-            x_ptr + row0 * D, w_ptr + n0 * D, B - row0, N - n0, D,
-            ACC_FP64, NATIVE_DOT, BLOCK_B, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
+            x_ptr, w_ptr, rows, items, B, N, D, ACC_FP64, NATIVE_DOT, BLOCK_B, BLOCK_N, BLOCK_K
+        )
         logits = tl.where(items[None, :] < N, logits, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
@@ -195,35 +201,35 @@ def _lce_bwd_x_kernel(
     """One (row block, item chunk, d block) -> grad_x [chunks, B, D] (accumulator dtype): the
     chunk's G @ W[:, d block]."""
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
-    row0 = tl.program_id(0).to(tl.int64) * BLOCK_B
+    row_block = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1).to(tl.int64)
     d_block = tl.program_id(2).to(tl.int64)
-    r = tl.arange(0, BLOCK_B)
-    i = tl.arange(0, BLOCK_N)
-    row_ok = r < B - row0
+    rows = row_block * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
     cols = d_block * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    target = tl.load(target_ptr + row0 + r, mask=row_ok, other=-1)
-    lse = tl.load(lse_ptr + row0 + r, mask=row_ok, other=0.0)
-    scale = tl.load(scale_ptr + row0 + r, mask=row_ok, other=0.0)  # 0 silences rows out of range
+    target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)  # 0 silences rows out of range
     acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=acc_dtype)
     first = chunk * tiles_per_chunk * BLOCK_N
     last = tl.minimum(first + tiles_per_chunk * BLOCK_N, N)
     for n0 in range(first, last, BLOCK_N):
+        items = n0 + tl.arange(0, BLOCK_N)
         logits = _logits_tile(
-            x_ptr + row0 * D, w_ptr + n0 * D, B - row0, N - n0, D,
-            ACC_FP64, NATIVE_DOT, BLOCK_B, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
-        grad = _grad_logits_tile(logits, n0 + i, N, target, lse, scale)
-        w_tile = w_ptr + n0 * D + i[:, None] * D + cols[None, :]
-        w = tl.load(w_tile, mask=(i < N - n0)[:, None] & col_ok[None, :], other=0.0)
+            x_ptr, w_ptr, rows, items, B, N, D, ACC_FP64, NATIVE_DOT, BLOCK_B, BLOCK_N, BLOCK_K
+        )
+        grad = _grad_logits_tile(logits, items, N, target, lse, scale)
+        w = tl.load(
+            w_ptr + items[:, None] * D + cols[None, :], mask=(items < N)[:, None] & col_ok[None, :], other=0.0
+        )
         if NATIVE_DOT:
             grad = grad.to(w.dtype)
         else:
             w = w.to(acc_dtype)
         acc += tl.dot(grad, w, input_precision="ieee")
-    out = grad_x_ptr + (chunk * B + row0) * D + r[:, None] * D + cols[None, :]
-    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
+    out = (chunk * B + rows)[:, None] * D + cols[None, :]
+    tl.store(grad_x_ptr + out, acc, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @jit
@@ -246,36 +252,35 @@ def _lce_bwd_w_kernel(
 ):
     """One (item tile, d block) -> grad_w [N, D] (weight dtype): G^T @ x over all rows."""
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
-    item0 = tl.program_id(0).to(tl.int64) * BLOCK_N
+    item_block = tl.program_id(0).to(tl.int64)
     d_block = tl.program_id(1).to(tl.int64)
-    r = tl.arange(0, BLOCK_B)
-    i = tl.arange(0, BLOCK_N)
-    items = item0 + i
+    items = item_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    item_ok = items < N
     cols = d_block * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=acc_dtype)
-    x_rows = x_ptr  # the row tile's first row; advanced by a pointer step, so no 64-bit row offsets
     for b0 in range(0, B, BLOCK_B):
-        row_ok = r < B - b0
-        target = tl.load(target_ptr + b0 + r, mask=row_ok, other=-1)
-        lse = tl.load(lse_ptr + b0 + r, mask=row_ok, other=0.0)
-        scale = tl.load(scale_ptr + b0 + r, mask=row_ok, other=0.0)
+        # int32 rows (int64 row offsets here made ptxas spill for sm_90): the launcher checks
+        # B * d < 2**31.
+        rows = b0 + tl.arange(0, BLOCK_B)
+        row_ok = rows < B
+        target = tl.load(target_ptr + rows, mask=row_ok, other=-1)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
         logits = _logits_tile(
-            x_rows, w_ptr + item0 * D, B - b0, N - item0, D,
-            ACC_FP64, NATIVE_DOT, BLOCK_B, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
+            x_ptr, w_ptr, rows, items, B, N, D, ACC_FP64, NATIVE_DOT, BLOCK_B, BLOCK_N, BLOCK_K
+        )
         grad = _grad_logits_tile(logits, items, N, target, lse, scale)
         x = tl.load(
-            x_rows + r[:, None] * D + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0
+            x_ptr + rows[:, None] * D + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0
         )
         if NATIVE_DOT:
             grad = grad.to(x.dtype)
         else:
             x = x.to(acc_dtype)
         acc += tl.dot(tl.trans(grad), x, input_precision="ieee")
-        x_rows += BLOCK_B * D
-    out = grad_w_ptr + item0 * D + i[:, None] * D + cols[None, :]
-    tl.store(out, acc.to(grad_w_ptr.dtype.element_ty), mask=(i < N - item0)[:, None] & col_ok[None, :])
+    out = items[:, None] * D + cols[None, :]
+    tl.store(grad_w_ptr + out, acc.to(grad_w_ptr.dtype.element_ty), mask=item_ok[:, None] & col_ok[None, :])
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -367,6 +372,8 @@ def _triton_forward(
     """Contiguous inputs -> (loss_b [B], lse [B]) in the accumulator dtype."""
     B, D = x.shape
     N = weight.shape[0]
+    if B * D > MAX_X_ELEMENTS:
+        raise ValueError(f"x has B * d = {B * D} elements; the Triton path supports up to {MAX_X_ELEMENTS}")
     acc_dtype = _acc_dtype(x.dtype)
     part_max = torch.empty((cfg.chunks, B), dtype=acc_dtype, device=x.device)
     part_sum = torch.empty_like(part_max)

@@ -29,7 +29,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"corrupt or unreadable checkpoint {path}: {exc}") from exc
+        if "weights_only" in str(exc):
+            # torch's advice here (weights_only=False) would unpickle arbitrary objects: never.
+            detail = "it holds objects other than tensors, numbers and strings, which llm4sbr never unpickles"
+        else:
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise ValueError(f"corrupt or unreadable checkpoint {path}: {detail}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an llm4sbr checkpoint (expected format {FORMAT!r})")
     return payload

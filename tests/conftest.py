@@ -24,6 +24,16 @@ settings.load_profile("llm4sbr")
 
 
 @pytest.fixture
+def reference_path():
+    """Run the kernels' pure-PyTorch references (and the padded model path), not the Triton
+    interpreter or the packed CPU path: for tests of models, training and serving."""
+    from llm4sbr.kernels import use_backend
+
+    with use_backend("torch"):
+        yield
+
+
+@pytest.fixture
 def one_thread():
     """For tests of tiny tensors: a second OpenMP thread only adds contention with other work."""
     threads = torch.get_num_threads()

@@ -4,7 +4,6 @@ import pytest
 
 from llm4sbr.cli import main
 from llm4sbr.data.sources import recbole_ml100k_dir
-from llm4sbr.kernels import use_backend
 
 
 def have_ml100k() -> bool:
@@ -15,10 +14,7 @@ def have_ml100k() -> bool:
     return True
 
 
-@pytest.fixture(autouse=True)
-def reference_path():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("reference_path")
 
 
 def test_help_of_every_command(capsys):
@@ -27,6 +23,27 @@ def test_help_of_every_command(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: llm4sbr " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr-step", "0"], "lr_step must be >= 1"),
+        (["--select-metric", "hit@0"], "select_metric must be hit@K"),
+        (["--threads", "-1"], "threads must be None or >= 1"),
+        (["--patience", "0"], "patience must be >= 1"),
+    ],
+)
+def test_bad_training_flags_fail_before_any_work(tmp_path, capsys, monkeypatch, flags, message):
+    import llm4sbr.data.sources
+
+    def no_data_please(*args, **kwargs):
+        raise AssertionError("the data was loaded before the flags were checked")
+
+    monkeypatch.setattr(llm4sbr.data.sources, "load_dataset", no_data_please)
+    for command in (["train", "--out", str(tmp_path / "t")], ["run", "--out", str(tmp_path / "r")]):
+        assert main([*command, *flags]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys):

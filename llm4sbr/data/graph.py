@@ -1,4 +1,4 @@
-"""SR-GNN session graphs built with batched tensor ops (paper-spec 3.1).
+"""SR-GNN session graphs built with batched tensor ops (docs/method.md §3.1).
 
 For each session b (the first ``item_seq_len[b]`` clicks of ``item_seq[b]``):
 

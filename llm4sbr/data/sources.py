@@ -69,7 +69,11 @@ def load_dataset(
 
     ``preset``, ``seed``, ``valid_fraction`` and ``options`` go to
     :func:`~llm4sbr.data.presets.build_dataset`. Missing files raise FileNotFoundError naming
-    the path.
+    the path. Bad data raises ValueError at load time saying what is wrong: a pickle naming any
+    global (it could run code), a header with no rows, NaN/inf timestamps, empty ids, a log whose
+    sessions all have one click or that the preset's filters empty, an empty train or test split.
+    Exact duplicate rows are dropped; ``dataset.report`` counts them, the rows read and what each
+    preset filter dropped.
     """
     if isinstance(source, str) and source in BUILTIN_SOURCES:
         inter_path = recbole_ml100k_dir() / "ml-100k.inter"

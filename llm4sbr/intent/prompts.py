@@ -1,4 +1,4 @@
-"""The multi-view prompts of LLM4SBR (paper section 2.2, ``shared/paper-spec.md``).
+"""The multi-view prompts of LLM4SBR (docs/method.md §2.2).
 
 A prompt is built from a sample's input prefix only (never its target)::
 

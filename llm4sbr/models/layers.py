@@ -24,7 +24,7 @@ def reset_uniform(module: nn.Module, dim: int) -> None:
 
 
 class GNNCell(nn.Module):
-    """One gated-GNN step (paper-spec 3.1) with SR-GNN's parameter names, registered in SR-GNN's
+    """One gated-GNN step (docs/method.md §3.1) with SR-GNN's parameter names, registered in SR-GNN's
     order (so optimizer states saved by SR-GNN map to the same tensors)."""
 
     def __init__(self, dim: int) -> None:

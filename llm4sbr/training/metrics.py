@@ -4,7 +4,7 @@ Every item except padding (column 0) is ranked; nothing is sampled and seen item
 filtered. ``rank = 1 + #(other items whose score >= the target's)``: ties count against the
 model, so a collapsed model that scores everything equal ranks every target last. A target
 ranked below k scores 0 at k and still counts in the denominator (the authors' code drops
-such samples from MRR/NDCG@5/10, paper-spec 4.3).
+such samples from MRR/NDCG@5/10, docs/method.md §4.3).
 """
 
 from __future__ import annotations

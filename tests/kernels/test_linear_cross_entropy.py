@@ -23,6 +23,9 @@ import llm4sbr.kernels.linear_cross_entropy as lce
 from llm4sbr.kernels._launch import HAS_TRITON, use_backend
 from llm4sbr.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
 
+# Tiny tensors throughout: a second OpenMP thread only adds contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REDUCTIONS = ("mean", "sum", "none")
 PATHS = ("torch", "triton")
 
@@ -377,6 +380,14 @@ def _bad_inputs():
 def test_bad_input_raises_value_error_naming_the_argument(path, arg_name, kwargs):
     with use_backend(path), pytest.raises(ValueError, match=rf"^{arg_name}\b"):
         linear_cross_entropy(**kwargs)
+
+
+def test_triton_path_rejects_x_beyond_int32_offsets(monkeypatch):
+    monkeypatch.setattr(lce, "MAX_X_ELEMENTS", 11)
+    x, weight, target = _inputs(3, 5, 4, seed=0)
+    with pytest.raises(ValueError, match=r"^x has B \* d = 12"):
+        _loss_fn("triton")(x, weight, target)
+    _loss_fn("torch")(x, weight, target)
 
 
 # Compiles kernels of llm4sbr.kernels for a real GPU without one. The interpreter (TRITON_INTERPRET=1,

@@ -29,10 +29,7 @@ def models(dtype=torch.float64):
     return [SRGNN(N_ITEMS, dim=8).to(dtype), LLM4SBR(N_ITEMS, D_TEXT, dim=8).to(dtype)]
 
 
-@pytest.fixture(autouse=True)
-def reference_path():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("reference_path")
 
 
 def test_encoder_shapes_and_local_is_last_click_state():

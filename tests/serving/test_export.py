@@ -14,10 +14,7 @@ N_ITEMS = 13
 ITEMS = ["[PAD]"] + [f"m{i}" for i in range(1, N_ITEMS + 1)]
 
 
-@pytest.fixture(autouse=True)
-def reference_path():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("reference_path")
 
 
 def llm4sbr_recommender(max_len=None) -> Recommender:

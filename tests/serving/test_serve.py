@@ -27,10 +27,7 @@ from llm4sbr.training import evaluate_paths, train, train_intent_predictor
 D_TEXT = 12  # fake_intents' width
 
 
-@pytest.fixture(autouse=True)
-def reference_path():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("reference_path")
 
 
 def write_intents(out, dataset, splits=("train", "valid", "test")):
@@ -122,6 +119,16 @@ def test_unknown_items_raise_or_are_skipped(runs):
         rec.recommend(["nope"], on_unknown="skip")
     with pytest.raises(ValueError, match="on_unknown"):
         rec.recommend(["raw1"], on_unknown="ignore")
+
+
+def test_a_string_is_not_a_session(runs):
+    """ "172" would otherwise be read as the session ['1', '7', '2']."""
+    rec = Recommender.load(runs["root"] / "srgnn" / "best.pt")
+    for bad in ("raw1", b"raw1"):
+        with pytest.raises(TypeError, match="not the string"):
+            rec.recommend(bad)
+        with pytest.raises(TypeError, match="not the string"):
+            rec.recommend_batch([["raw1"], bad])
 
 
 def test_exclude_seen_k_and_batching(runs):

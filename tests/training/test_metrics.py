@@ -63,7 +63,7 @@ def test_targets_out_of_range_raise(bad):
 
 
 def official_code_metrics(ranks: list[int], k: int) -> dict[str, float]:
-    """The authors' evaluation (paper-spec 4.3): only the top 20 are inspected and a sample ranked
+    """The authors' evaluation (docs/method.md §4.3): only the top 20 are inspected and a sample ranked
     in (k, 20] appends nothing to the mrr@k / ndcg@k lists, while misses beyond 20 append 0."""
     mrr, ndcg = [], []
     for r in ranks:

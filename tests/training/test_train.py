@@ -13,11 +13,7 @@ from llm4sbr.kernels import use_backend
 from llm4sbr.models import load_trained
 from llm4sbr.training import StaleRunError, evaluate, train
 
-
-@pytest.fixture(autouse=True)
-def reference_path():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("reference_path")
 
 
 def config(**kw):
@@ -137,6 +133,18 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
         load_trained(path)
     with pytest.raises(FileNotFoundError):
         load_trained(tmp_path / "missing.pt")
+
+
+class _Payload:
+    """Not a tensor, number or string: a checkpoint holding it is refused, never unpickled."""
+
+
+def test_a_checkpoint_with_objects_is_refused_without_advising_unsafe_loading(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "llm4sbr-checkpoint-v1", "model": _Payload()}, path)
+    with pytest.raises(ValueError, match="never unpickles") as error:
+        load_trained(path)
+    assert "weights_only=False" not in str(error.value)
 
 
 def test_llm4sbr_trains_with_intents(tmp_path):
