@@ -66,7 +66,17 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._launch import block_size, check_tensor, interpreter_enabled, jit, num_warps, tl, triton, use_triton
+from ._launch import (
+    accumulator_dtype,
+    block_size,
+    check_tensor,
+    interpreter_enabled,
+    jit,
+    num_warps,
+    tl,
+    triton,
+    use_triton,
+)
 
 REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -283,10 +293,6 @@ def _lce_bwd_w_kernel(
     tl.store(grad_w_ptr + out, acc.to(grad_w_ptr.dtype.element_ty), mask=item_ok[:, None] & col_ok[None, :])
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class _Config:
     """Tiles and item chunks of one Triton call: BLOCK_B rows x BLOCK_N items per logits tile,
     BLOCK_K columns of d per tl.dot, BLOCK_D gradient columns per program, ``tiles`` item tiles
@@ -374,7 +380,7 @@ def _triton_forward(
     N = weight.shape[0]
     if B * D > MAX_X_ELEMENTS:
         raise ValueError(f"x has B * d = {B * D} elements; the Triton path supports up to {MAX_X_ELEMENTS}")
-    acc_dtype = _acc_dtype(x.dtype)
+    acc_dtype = accumulator_dtype(x.dtype)
     part_max = torch.empty((cfg.chunks, B), dtype=acc_dtype, device=x.device)
     part_sum = torch.empty_like(part_max)
     part_target = torch.empty_like(part_max)
@@ -411,7 +417,7 @@ def _triton_backward(
     the input dtype, None where not needed."""
     B, D = x.shape
     N = weight.shape[0]
-    acc_dtype = _acc_dtype(x.dtype)
+    acc_dtype = accumulator_dtype(x.dtype)
     common = dict(
         x_ptr=x,
         w_ptr=weight,
@@ -471,7 +477,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
 def default_chunk_size(B: int, n_items: int, dtype: torch.dtype) -> int:
     """Items per chunk of the torch path: a [B, chunk] accumulator-dtype tensor stays under
     CHUNK_BYTES."""
-    elem = torch.empty((), dtype=_acc_dtype(dtype)).element_size()
+    elem = torch.empty((), dtype=accumulator_dtype(dtype)).element_size()
     return max(1, min(n_items, CHUNK_BYTES // (elem * B)))
 
 
@@ -489,7 +495,7 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         B, N = x.shape[0], weight.shape[0]
         chunk = chunk_size or default_chunk_size(B, N, x.dtype)
-        acc_dtype = _acc_dtype(x.dtype)
+        acc_dtype = accumulator_dtype(x.dtype)
         xa = x.to(acc_dtype)
         lse = torch.full((B,), float("-inf"), dtype=acc_dtype, device=x.device)
         for start in range(0, N, chunk):
@@ -553,9 +559,7 @@ def _check_inputs(x, weight, target, chunk_size, reduction):
     check_tensor("weight", weight, ("n_items", d), like=x)
     if weight.shape[0] == 0:
         raise ValueError("weight must have at least one row (item)")
-    check_tensor("target", target, (B,), dtype=torch.int64)
-    if target.device != x.device:
-        raise ValueError(f"target is on {target.device} but x is on {x.device}")
+    check_tensor("target", target, (B,), dtype=torch.int64, device=x.device)
     # Range check only where it needs no host sync; CUDA rows out of range get a NaN loss.
     if target.device.type == "cpu":
         n_items = weight.shape[0]

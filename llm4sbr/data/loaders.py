@@ -359,6 +359,15 @@ def read_srgnn_pickle(path: str | os.PathLike) -> tuple[list[list[int]], list[in
         and len(data[0]) == len(data[1])
     ):
         raise ValueError(f"{path}: expected a pickled (sequences, targets) pair of equal-length lists")
+    # Each item id costs a pickle at least 2 bytes, unless lists are shared references: a small
+    # crafted file could then expand to billions of ids when copied out below.
+    total = sum(len(sequence) for sequence in data[0] if isinstance(sequence, (list, tuple)))
+    size = path.stat().st_size
+    if total > size:
+        raise ValueError(
+            f"{path}: its {len(data[0])} sequences hold {total} item ids in {size} bytes, so they share "
+            "lists by reference, which SR-GNN pickles do not; refusing to expand them"
+        )
     sequences = []
     for i, sequence in enumerate(data[0]):
         sequences.append(_item_ids(sequence, path, f"sequence {i}"))

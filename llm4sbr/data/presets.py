@@ -440,7 +440,8 @@ def build_dataset(
     ``report`` on the result records ``rows`` (given), ``duplicates_dropped`` (rows identical in
     session, item and timestamp to an earlier one), ``grouped`` (sessions, of them single-click,
     clicks and items before any filter), ``filters`` (sessions, clicks and items each rule
-    dropped, in order), ``kept`` and ``empty_splits`` (split -> why it is empty).
+    dropped, in order), ``kept`` and ``empty_splits`` (split -> why it is empty); ``srgnn`` adds
+    ``dated_sessions``, ``date_span_days`` and ``test_window_sessions``.
 
     Raises ValueError, saying why, for: no rows; a NaN or infinite timestamp (naming the first
     rows); no session left (all of a single click, or how many each filter dropped); an empty
@@ -499,16 +500,17 @@ def build_dataset(
         augment = preset != "movielens"
         splits, session_counts = _ordered_splits(model_items, offsets, n_train, augment, valid_fraction, seed)
 
-    report["empty_splits"] = {}
-    for name, split in splits.items():
-        if len(split):
-            continue
-        reason, asked = _empty_split_reason(
-            name, preset, resolved, n_train, sessions.count(), valid_fraction, report
-        )
-        if name != "valid" and not asked:
+    empty = {
+        name: _empty_split_reason(name, preset, resolved, n_train, sessions.count(), valid_fraction, report)
+        for name, split in splits.items()
+        if not len(split)
+    }
+    for name in ("train", "test"):
+        if name in empty and not empty[name][1]:
+            reason = empty[name][0]
             raise ValueError(f"{preset} preset on {source!r}: no {name} samples: {reason} ({_trail(report)})")
-        report["empty_splits"][name] = reason
+    report["empty_splits"] = {name: reason for name, (reason, _) in empty.items()}
+    for name, (reason, asked) in empty.items():
         if not asked:
             warnings.warn(f"{preset} preset on {source!r}: the {name} split is empty: {reason}", stacklevel=2)
 

@@ -167,6 +167,15 @@ def test_malformed_srgnn_pickles_name_the_file_and_problem(
         read_srgnn_pickle(tmp_path / "train.txt")
 
 
+def test_srgnn_pickle_of_shared_lists_is_not_expanded(tmp_path: Path) -> None:
+    shared = list(range(1, 1001))
+    (tmp_path / "train.txt").write_bytes(pickle.dumps(([shared] * 5000, [1] * 5000)))
+    with pytest.raises(
+        ValueError, match=r"train\.txt: its 5000 sequences hold 5000000 item ids in \d+ bytes"
+    ):
+        read_srgnn_pickle(tmp_path / "train.txt")
+
+
 def test_srgnn_pickle_folder_problems_name_the_file(tmp_path: Path) -> None:
     write_srgnn_pickle(tmp_path / "train.txt", [], [])
     write_srgnn_pickle(tmp_path / "test.txt", [[1]], [2])
