@@ -4,6 +4,11 @@
     alpha = e ("none", SR-GNN)  |  softmax of e over the valid positions ("softmax")
     out = sum_j alpha_j * mask_j * h_j                 (a row without valid positions gives zeros)
 
+Padding never changes a result: h at padded positions (mask False) may hold anything, NaN and
+inf included. Both paths select those positions away before any arithmetic (a product with the
+mask would not do: 0 * NaN = NaN), so the output and every gradient are those of zeros there,
+and h's gradient there is exactly 0.
+
 Triton path. The GEMM p = h @ W2^T stays on torch (cuBLAS). One program per session (grid B)
 walks L in tiles of [BLOCK_L, BLOCK_D] and fuses + q_last + b2, the sigmoid, the dot with w3,
 the masking, an online masked softmax and the weighted sum over L; it saves only the per-row
@@ -86,7 +91,9 @@ def _attn_pool_fwd_kernel(
         in_l = offs_l < L
         valid = tl.load(mask_ptr + b * L + offs_l, mask=in_l, other=0) != 0
         tile = (b * L + offs_l)[:, None] * d + offs_d[None, :]
-        in_tile = in_l[:, None] & in_d[None, :]
+        # Padded positions are never read: h (and p = h W2^T) may hold anything there, NaN and
+        # inf included, and 0 * NaN would be NaN.
+        in_tile = (in_l & valid)[:, None] & in_d[None, :]
         p = tl.load(p_ptr + tile, mask=in_tile, other=0.0).to(acc_dtype)
         h = tl.load(h_ptr + tile, mask=in_tile, other=0.0).to(acc_dtype)
         s = sigmoid(p + bias[None, :])
@@ -157,8 +164,10 @@ def _attn_pool_bwd_kernel(
         valid = tl.load(mask_ptr + b * L + offs_l, mask=in_l, other=0) != 0
         tile = (b * L + offs_l)[:, None] * d + offs_d[None, :]
         in_tile = in_l[:, None] & in_d[None, :]
-        p = tl.load(p_ptr + tile, mask=in_tile, other=0.0).to(acc_dtype)
-        h = tl.load(h_ptr + tile, mask=in_tile, other=0.0).to(acc_dtype)
+        # As in the forward, padded positions read as 0; their dh and dp (stored below) are 0.
+        is_read = in_tile & valid[:, None]
+        p = tl.load(p_ptr + tile, mask=is_read, other=0.0).to(acc_dtype)
+        h = tl.load(h_ptr + tile, mask=is_read, other=0.0).to(acc_dtype)
         s = sigmoid(p + bias[None, :])
         e = tl.sum(s * w3[None, :], axis=1)
         g_dot_h = tl.sum(h * g[None, :], axis=1)
@@ -240,6 +249,9 @@ def _attn_pool_backward(
     Returns (dh [B, L, d], dq_last [B, d], dw2 [d, d], db2 [d], dw3 [d])."""
     B, L, d = h.shape
     acc_dtype = accumulator_dtype(h.dtype)
+    # The kernel never reads padded positions, but dw2 = dp^T h below is a GEMM over all of
+    # them: h is zeroed there first (dp is 0 there, and 0 * NaN would be NaN).
+    h = torch.where(mask[..., None], h, h.new_zeros(()))
     p = h @ w2.T
     dh = torch.empty_like(h)
     dp = torch.empty_like(h)
@@ -316,6 +328,10 @@ def attn_pool_ref(
     normalize: str = "none",
 ) -> torch.Tensor:
     """Pure-PyTorch reference. h [B, L, d]; mask [B, L] bool; q_last [B, d] -> [B, d]."""
+    # Padded positions are selected away before any arithmetic (multiplying by the mask would
+    # not do: 0 * NaN = NaN), so whatever h holds there reaches neither the output nor a
+    # gradient, and h's gradient there is exactly 0.
+    h = torch.where(mask[..., None], h, h.new_zeros(()))
     e = torch.sigmoid(q_last[:, None, :] + h @ w2.T + b2) @ w3  # [B, L]
     if normalize == "softmax":
         has_valid = mask.any(dim=-1, keepdim=True)
@@ -326,7 +342,7 @@ def attn_pool_ref(
         alpha = torch.softmax(e, dim=-1)
     else:
         alpha = e
-    weights = alpha * mask.to(h.dtype)
+    weights = torch.where(mask, alpha, alpha.new_zeros(()))
     return (weights[..., None] * h).sum(dim=1)
 
 

@@ -601,6 +601,15 @@ def _check_inputs(
     B, N, d = h.shape
     check_tensor("A_in", A_in, (B, N, N), like=h)
     check_tensor("A_out", A_out, (B, N, N), like=h)
+    check_step_weights(h, edge_in_w, edge_in_b, edge_out_w, edge_out_b, b_iah, b_oah, w_ih, b_ih, w_hh, b_hh)
+
+
+def check_step_weights(
+    h, edge_in_w, edge_in_b, edge_out_w, edge_out_b, b_iah, b_oah, w_ih, b_ih, w_hh, b_hh
+) -> None:
+    """The ten weights of a gated-GNN step for node states ``h`` [..., d] (ValueError naming the
+    first bad one); shared with :func:`~llm4sbr.kernels.packed.gnn_step_packed`."""
+    d = h.shape[-1]
     for name, t in (("edge_in_w", edge_in_w), ("edge_out_w", edge_out_w)):
         check_tensor(name, t, (d, d), like=h)
     for name, t in (("edge_in_b", edge_in_b), ("edge_out_b", edge_out_b), ("b_iah", b_iah), ("b_oah", b_oah)):

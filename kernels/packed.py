@@ -55,6 +55,7 @@ import warnings
 import torch
 
 from ._launch import check_tensor
+from .gnn_step import check_step_weights
 
 NORMALIZE = ("none", "softmax")
 
@@ -141,14 +142,7 @@ def _check_gnn_inputs(
         )
     check_tensor("step_matrix[0]", step_matrix[0], (2 * T, 3 * R), like=h)
     check_tensor("step_matrix[1]", step_matrix[1], (3 * R, 2 * T), like=h)
-    for name, t in (("edge_in_w", edge_in_w), ("edge_out_w", edge_out_w)):
-        check_tensor(name, t, (d, d), like=h)
-    for name, t in (("edge_in_b", edge_in_b), ("edge_out_b", edge_out_b), ("b_iah", b_iah), ("b_oah", b_oah)):
-        check_tensor(name, t, (d,), like=h)
-    check_tensor("w_ih", w_ih, (3 * d, 2 * d), like=h)
-    check_tensor("b_ih", b_ih, (3 * d,), like=h)
-    check_tensor("w_hh", w_hh, (3 * d, d), like=h)
-    check_tensor("b_hh", b_hh, (3 * d,), like=h)
+    check_step_weights(h, edge_in_w, edge_in_b, edge_out_w, edge_out_b, b_iah, b_oah, w_ih, b_ih, w_hh, b_hh)
 
 
 def gnn_step_packed(

@@ -40,7 +40,10 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="forks a pre-imported process; reads /proc"),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_POINTS = 10
@@ -60,6 +63,17 @@ import llm4sbr.cli, llm4sbr.intent, llm4sbr.pipeline, llm4sbr.serving, llm4sbr.t
 print(json.dumps({"threads": len(os.listdir("/proc/self/task"))}), flush=True)
 
 
+def measure(src, dst):
+    # What a durable write brings: answers of a cache shard, epochs of last.pt or metrics.jsonl.
+    if Path(dst).parent.name == "answer_cache":
+        return len(json.loads(Path(src).read_bytes())["entries"])
+    if Path(dst).name == "metrics.jsonl":
+        return len(Path(src).read_text().splitlines())
+    if Path(dst).name == "last.pt":
+        return int(torch.load(src, weights_only=True)["epoch"])
+    return None
+
+
 def hook(spec):
     real_replace, done = os.replace, []
 
@@ -67,11 +81,9 @@ def hook(spec):
         n = len(done) + 1
         if spec.get("kill_at") == n and spec["when"] == "before":
             os.kill(os.getpid(), signal.SIGKILL)
-        entries = None
-        if spec.get("record") and Path(dst).parent.name == "answer_cache":
-            entries = len(json.loads(Path(src).read_bytes())["entries"])
+        count = measure(src, dst) if spec.get("record") else None
         real_replace(src, dst, *args, **kwargs)
-        done.append({"file": os.path.relpath(dst, spec["root"]), "entries": entries})
+        done.append({"file": os.path.relpath(dst, spec["root"]), "count": count})
         if spec.get("kill_at") == n and spec["when"] == "after":
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -115,6 +127,8 @@ for line in sys.stdin:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    # conftest.py sets TRITON_INTERPRET=1 for the kernel tests; the CLI runs as users run it.
+    env.pop("TRITON_INTERPRET", None)
     # One thread everywhere: nothing to fork mid-flight, and numerics never depend on the pool.
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
@@ -312,17 +326,17 @@ def run_progress(out: Path) -> dict[str, int]:
 def progress_after(writes: list[dict[str, Any]], n_done: int) -> dict[str, int]:
     """What is durably on disk after the first ``n_done`` atomic writes of a fresh run, from the
     uninterrupted run's record of its writes (in the same order: the runs are deterministic),
-    keyed as :func:`train_progress` and :func:`cache_progress` key it."""
+    keyed as :func:`train_progress` and :func:`cache_progress` key it: the answers of every
+    shard written, the epochs of the latest last.pt and metrics.jsonl."""
     progress: dict[str, int] = {}
     for i, write in enumerate(writes):
         file = Path(write["file"])
         if file.parent.name == "answer_cache":
-            key, count = f"{file.parent} entries", write["entries"]
+            key = f"{file.parent} entries"
+            progress[key] = progress.get(key, 0) + (write["count"] if i < n_done else 0)
         elif file.name in ("last.pt", "metrics.jsonl"):
-            key, count = f"{write['file']} epochs", 1
-        else:
-            continue
-        progress[key] = progress.get(key, 0) + (count if i < n_done else 0)
+            key = f"{write['file']} epochs"
+            progress[key] = write["count"] if i < n_done else progress.get(key, 0)
     return progress
 
 
@@ -375,6 +389,8 @@ def differences(expected: Any, actual: Any, where: str = "") -> list[str]:
             for i, (e, a) in enumerate(zip(expected, actual, strict=True))
             for d in differences(e, a, f"{where}[{i}]")
         ]
+    if isinstance(expected, list) and isinstance(actual, list):
+        return [f"{where}: {len(actual)} entries, the uninterrupted run has {len(expected)}"]
     return [] if expected == actual else [f"{where or '/'}: differs from the uninterrupted run"]
 
 
@@ -429,15 +445,31 @@ class KillCampaign:
             problems += [f"{label}: left behind {p}" for p in file_problems(self.out)]
         self.problems += problems
 
+    def _progress(self, label: str, when: str) -> dict[str, int]:
+        try:
+            return self.progress(self.out) if self.out.exists() else {}
+        except Exception as exc:  # a torn file: reported, and readable_problems names it
+            self.problems.append(f"{label}: cannot read the progress {when}: {exc!r}")
+            return {}
+
+    def _lost(self, label: str, before: dict[str, int], after: dict[str, int]) -> None:
+        for key, value in before.items():
+            if after.get(key, 0) < value:
+                self.problems.append(
+                    f"{label}: {key} is {after.get(key, 0)} after the kill, {value} before it"
+                )
+
     def timing_kill(self, seed: int) -> None:
         shutil.rmtree(self.out, ignore_errors=True)
         delay = random.Random(seed).uniform(0.0, self.duration)
-        pid = self.zygote.start(self.args, self.work / "killed.log")
-        time.sleep(delay)
-        before = self.progress(self.out) if self.out.exists() else {}
-        os.kill(pid, signal.SIGKILL)  # the zygote has not reaped it: the pid is still our child
-        code = self.zygote.wait(pid)
         label = f"seed {seed} (SIGKILL after {delay:.3f} s)"
+        pid = self.zygote.start(self.args, self.work / "killed.log")
+        try:
+            time.sleep(delay)
+            before = self._progress(label, "just before the kill")
+        finally:
+            os.kill(pid, signal.SIGKILL)  # not reaped by the zygote yet: the pid is still its child
+            code = self.zygote.wait(pid)
         if code == -signal.SIGKILL:
             self.mid_run["timing"] += 1
         elif code == 0:
@@ -445,46 +477,44 @@ class KillCampaign:
         else:
             self.problems.append(f"{label}: exited {code}: {(self.work / 'killed.log').read_text()[-3000:]}")
             return
-        after = self.progress(self.out) if self.out.exists() else {}
-        for key, value in before.items():
-            if after.get(key, 0) < value:
-                self.problems.append(
-                    f"{label}: {key} went down from {value} to {after.get(key, 0)} at the kill"
-                )
+        after = self._progress(label, "after the kill")
+        self._lost(label, before, after)
         self._resume_and_compare(label, after)
 
-    def event_kill(self, seed: int) -> None:
+    def event_kill(self, n: int, when: str, why: str) -> None:
+        """Kill the run just ``when`` ("before" or "after") its ``n``-th atomic write."""
         shutil.rmtree(self.out, ignore_errors=True)
-        rng = random.Random(seed)
-        n, when = rng.randint(1, len(self.writes)), rng.choice(["before", "after"])
-        label = (
-            f"seed {seed} (SIGKILL {when} atomic write {n}/{len(self.writes)}: {self.writes[n - 1]['file']})"
-        )
+        label = f"{why} (SIGKILL {when} atomic write {n}/{len(self.writes)}: {self.writes[n - 1]['file']})"
         code, _ = self._run(self.args, "killed.log", {"root": str(self.out), "kill_at": n, "when": when})
         if code != -signal.SIGKILL:
             self.problems.append(f"{label}: expected death by SIGKILL, exited {code}")
             return
         self.mid_run["event"] += 1
-        expected = progress_after(self.writes, n if when == "after" else n - 1)
-        after = self.progress(self.out) if self.out.exists() else {}
-        for key, value in expected.items():
-            if after.get(key, 0) < value:
-                self.problems.append(
-                    f"{label}: {key} is {after.get(key, 0)} after the kill, {value} were durable before it"
-                )
+        # Exactly what had been written durably when the kill came.
+        before = progress_after(self.writes, n if when == "after" else n - 1)
+        after = self._progress(label, "after the kill")
+        self._lost(label, before, after)
         self._resume_and_compare(label, after)
 
-    def check(self, command: str, seed_base: int) -> None:
+    def check(self, command: str, seed_base: int, boundaries: tuple[str, ...] = ()) -> None:
+        """TIMING_POINTS timing kills, EVENT_POINTS seeded write-event kills, and a kill just after
+        the last write of each file named by ``boundaries`` (a substring of its path)."""
         self.reference()
         for i in range(TIMING_POINTS):
             self.timing_kill(seed_base + i)
         for i in range(EVENT_POINTS):
-            self.event_kill(seed_base + 1000 + i)
+            rng = random.Random(seed_base + 1000 + i)
+            n, when = rng.randint(1, len(self.writes)), rng.choice(["before", "after"])
+            self.event_kill(n, when, f"seed {seed_base + 1000 + i}")
+        for name in boundaries:
+            last = max(i for i, w in enumerate(self.writes, start=1) if name in w["file"])
+            self.event_kill(last, "after", f"the last write of {name}")
+        events = EVENT_POINTS + len(boundaries)
         print(
             f"\n{command}: uninterrupted {self.duration:.2f} s, {len(self.writes)} atomic writes; "
             f"timing kills mid-run {self.mid_run['timing']}/{TIMING_POINTS} "
             f"(finished before the kill: {self.finished_first}); "
-            f"write-event kills {self.mid_run['event']}/{EVENT_POINTS}"
+            f"write-event kills {self.mid_run['event']}/{events}"
         )
         assert not self.problems, f"{command}: {len(self.problems)} problem(s):\n" + "\n".join(self.problems)
         assert self.mid_run["timing"] >= 2, f"only {self.mid_run['timing']} timing kills landed mid-run"
@@ -494,14 +524,15 @@ def test_train_killed_at_random_points_resumes_to_the_same_run(zygote, data, tmp
     out = str(tmp_path / "out")
     args = ["train", "--data", str(data), "--preset", "srgnn", "--out", out, *TRAIN_FLAGS, "--quiet"]
     campaign = KillCampaign(zygote, tmp_path, args, [*args, "--resume"], train_outputs, train_progress)
-    campaign.check("train", seed_base=0)
+    # After the last epoch's last.pt and before its metrics.jsonl line: nothing is left to train.
+    campaign.check("train", seed_base=0, boundaries=("last.pt",))
 
 
 def test_infer_intents_killed_at_random_points_resumes_to_the_same_intents(zygote, data, tmp_path):
     out = str(tmp_path / "out")
     args = ["infer-intents", "--data", str(data), "--preset", "srgnn", "--out", out, *STAGE1_FLAGS, "--quiet"]
     campaign = KillCampaign(zygote, tmp_path, args, args, intent_outputs, cache_progress)
-    campaign.check("infer-intents", seed_base=100)
+    campaign.check("infer-intents", seed_base=100, boundaries=("answer_cache/",))
 
 
 def test_run_killed_at_random_points_resumes_to_the_same_results(zygote, data, tmp_path):
@@ -510,7 +541,7 @@ def test_run_killed_at_random_points_resumes_to_the_same_results(zygote, data, t
     campaign = KillCampaign(
         zygote, tmp_path, [*args, "--quiet"], [*args, "--quiet"], run_outputs, run_progress
     )
-    campaign.check("run", seed_base=200)
+    campaign.check("run", seed_base=200, boundaries=("srgnn/last.pt", "llm4sbr/last.pt"))
 
 
 # ---------------------------------------------------------------- Ctrl-C

@@ -4,38 +4,60 @@ For every sample, a long-term and a short-term prompt built from its input prefi
 the answers are cached on disk, encoded by a local sentence encoder, localized onto the item
 catalog and written as ``intents.npy`` [n_samples, 2, d_text] for stage 2.
 
-``import llm4sbr.intent`` needs neither transformers nor bitsandbytes; they are imported when a
-real backend or encoder is used.
+``import llm4sbr.intent`` needs neither transformers, bitsandbytes nor llama-cpp-python; they are
+imported when a real backend or encoder is used.
 """
 
-from .backends import FakeBackend, TransformersBackend, make_backend, postprocess_answer
+from .backend_llamacpp import EngineUnavailable, LlamaCppBackend
+from .backend_openai import LLMServerError, OpenAIBackend
+from .backends import (
+    BACKENDS,
+    EngineFallbackWarning,
+    FakeBackend,
+    TransformersBackend,
+    make_backend,
+    postprocess_answer,
+)
 from .cache import AnswerCache, CacheCorruptionWarning, answer_key
 from .config import IntentConfig, add_arguments, config_from_args
 from .encode import HashingEncoder, TextEncoder, make_encoder
-from .infer import IntentResult, infer_intents
+from .infer import ImportProblemWarning, IntentResult, infer_intents
 from .localize import localize
 from .lookup import IntentLookup, item_intent_table
+from .order import prefix_order
 from .predictor import IntentExplainer, IntentPredictor, load_intent_predictor
 from .prompts import VIEWS, build_prompt
+from .requests_io import ImportReport, RequestsExported, export_requests, import_responses, read_responses
 from .store import load_catalog, load_intents, save_intents
 
 __all__ = [
+    "BACKENDS",
     "VIEWS",
     "AnswerCache",
     "CacheCorruptionWarning",
+    "EngineFallbackWarning",
+    "EngineUnavailable",
     "FakeBackend",
     "HashingEncoder",
+    "ImportProblemWarning",
+    "ImportReport",
     "IntentConfig",
     "IntentExplainer",
     "IntentLookup",
     "IntentPredictor",
     "IntentResult",
+    "LLMServerError",
+    "LlamaCppBackend",
+    "OpenAIBackend",
+    "RequestsExported",
     "TextEncoder",
     "TransformersBackend",
     "add_arguments",
     "answer_key",
     "build_prompt",
     "config_from_args",
+    "export_requests",
+    "import_responses",
     "infer_intents",
     "item_intent_table",
     "load_catalog",
@@ -45,5 +67,7 @@ __all__ = [
     "make_backend",
     "make_encoder",
     "postprocess_answer",
+    "prefix_order",
+    "read_responses",
     "save_intents",
 ]

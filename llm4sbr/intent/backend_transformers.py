@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .hf import import_transformers, model_identity
 from .backend_base import new_stats
+from .hf import import_transformers, model_identity
 
 PRECISIONS = ("4bit", "8bit", "bf16", "fp16", "fp32")
 

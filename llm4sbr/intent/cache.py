@@ -7,8 +7,9 @@ a rerun generates only the prompts whose keys are missing.
 
 Shard format (JSON): ``{"format": 1, "entries": [{"key", "answer", "check"}, ...], "stats": {}}``
 where ``check`` is a hash of key and answer and the optional ``stats`` hold what generating the
-batch cost (seconds, prompts, prompt and new tokens), so a resumed run can still report what all
-of its answers cost (:meth:`AnswerCache.generation_stats`). An unreadable shard is renamed to
+batch cost (seconds, prompts, prompt and new tokens, and the prefill tokens the engine actually
+computed where it counts them), so a resumed run can still report what all of its answers cost
+(:meth:`AnswerCache.generation_stats`). An unreadable shard is renamed to
 ``*.corrupt`` and an entry whose check fails is dropped; both are reported with
 :class:`CacheCorruptionWarning` and counted in :attr:`AnswerCache.corrupt`, and the affected
 prompts are generated again.
@@ -29,6 +30,8 @@ from llm4sbr.atomic import write_atomic
 
 SHARD_FORMAT = 1
 STAT_FIELDS = ("seconds", "prompts", "prompt_tokens", "new_tokens")
+OPTIONAL_STAT_FIELDS = ("prefill_tokens",)
+"""Recorded when the engine counts them (llama.cpp, transformers); absent in older shards."""
 
 
 class CacheCorruptionWarning(UserWarning):
@@ -78,7 +81,9 @@ class AnswerCache:
             entries = [(e["key"], e["answer"], e["check"]) for e in doc["entries"]]
             stats = doc.get("stats")
             if stats is not None:
-                stats = {name: float(stats[name]) for name in STAT_FIELDS}
+                stats = {name: float(stats[name]) for name in STAT_FIELDS} | {
+                    name: float(stats[name]) for name in OPTIONAL_STAT_FIELDS if name in stats
+                }
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             shard.replace(shard.with_suffix(".corrupt"))
             self._report(f"unreadable shard {shard.name} ({exc}), moved to {shard.stem}.corrupt")
@@ -104,7 +109,8 @@ class AnswerCache:
         self, keys: Sequence[str], answers: Sequence[str], stats: Mapping[str, float] | None = None
     ) -> Path:
         """Store one batch as a new shard, atomically, with what generating it cost (``stats``:
-        :data:`STAT_FIELDS`, or None); returns the shard's path."""
+        :data:`STAT_FIELDS` and any of :data:`OPTIONAL_STAT_FIELDS`, or None); returns the
+        shard's path."""
         if len(keys) != len(answers):
             raise ValueError(f"{len(keys)} keys but {len(answers)} answers")
         doc: dict[str, object] = {"format": SHARD_FORMAT}
@@ -115,18 +121,22 @@ class AnswerCache:
         shard = self.root / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         doc["entries"] = entries
         if stats is not None:
-            doc["stats"] = {name: float(stats[name]) for name in STAT_FIELDS}
+            doc["stats"] = {name: float(stats[name]) for name in STAT_FIELDS} | {
+                name: float(stats[name]) for name in OPTIONAL_STAT_FIELDS if name in stats
+            }
             self._shard_stats.append((frozenset(keys), doc["stats"]))
         write_atomic(shard, json.dumps(doc, ensure_ascii=False))
         self._answers.update(zip(keys, answers, strict=True))
         return shard
 
-    def generation_stats(self, keys: Sequence[str]) -> dict[str, float]:
+    def generation_stats(self, keys: Sequence[str]) -> dict[str, float | None]:
         """What generating ``keys`` cost, summed over the shards that hold any of them
         (:data:`STAT_FIELDS` plus ``shards``; shards written without stats are not counted,
-        and ``keys_without_stats`` says how many of ``keys`` are only in such shards or absent)."""
+        and ``keys_without_stats`` says how many of ``keys`` are only in such shards or absent).
+        ``prefill_tokens`` sums the shards that recorded it (None when none did)."""
         wanted = set(keys)
-        totals = dict.fromkeys(STAT_FIELDS, 0.0) | {"shards": 0}
+        totals: dict[str, float | None] = dict.fromkeys(STAT_FIELDS, 0.0) | {"shards": 0}
+        totals |= dict.fromkeys(OPTIONAL_STAT_FIELDS)
         covered: set[str] = set()
         for shard_keys, stats in self._shard_stats:
             if shard_keys & wanted:
@@ -134,5 +144,8 @@ class AnswerCache:
                 covered |= shard_keys & wanted
                 for name in STAT_FIELDS:
                     totals[name] += stats[name]
+                for name in OPTIONAL_STAT_FIELDS:
+                    if name in stats:
+                        totals[name] = (totals[name] or 0.0) + stats[name]
         totals["keys_without_stats"] = len(wanted - covered)
         return totals

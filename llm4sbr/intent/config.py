@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+from .backend_llamacpp import QUANTS
 from .backends import BACKENDS, PRECISIONS
 from .localize import REDUCTIONS
+
+GGUF_QUANTS = (*QUANTS, "none")
 
 
 @dataclass
 class IntentConfig:
     """Everything that shapes stage 1.
 
-    backend: "smollm2" (bundled SmolLM2-135M-Instruct GGUF), "transformers" (``model`` is a local
-    folder or .gguf file) or "fake" (tests). precision: "4bit", "8bit", "bf16", "fp16" or "fp32";
+    backend: "smollm2" (the bundled SmolLM2-135M-Instruct GGUF: 4-bit on llama.cpp on CPU when
+    llama-cpp-python is installed, else transformers), "llamacpp" (``model`` is a .gguf file,
+    default the bundled one), "transformers" (``model`` is a local folder or .gguf file),
+    "openai" (``model`` is the name an OpenAI-compatible server or batch engine serves) or "fake"
+    (tests). precision: transformers engine only: "4bit", "8bit", "bf16", "fp16" or "fp32";
     None picks 4bit on CUDA and fp32 on CPU. batch_size: prompts per generation batch and per
     cache write. max_new_tokens: generation cap. max_prompt_items: show only the last N clicks
     of a prefix (None shows all, as the paper). r: catalog items per localized intent (0 keeps
@@ -25,6 +31,14 @@ class IntentConfig:
     seed: sampling seed (used only when do_sample). device: torch device (None: CUDA when
     available). do_sample: sample with top_p 0.8 instead of greedy decoding. stop_at_newline: stop
     each answer at the end of its first non-empty line.
+    gguf_quant: llama.cpp: requantise the GGUF once to this type ("none": use the file as it is;
+    None: Q4_0 for the bundled model, the file as it is otherwise). threads: llama.cpp threads
+    (None: the free cores). base_url: the openai backend's server, e.g. http://127.0.0.1:8000/v1.
+    concurrency, request_timeout, max_retries: its requests in flight, seconds per request and
+    retries (exponential backoff) on connection errors, 429 and 5xx. export_requests: write the
+    prompts without a cached answer as an OpenAI batch-format JSONL file and stop.
+    import_responses: put the answers of a batch engine's output file into the cache first.
+    Both need backend "openai" (its model name and settings name the answers).
     """
 
     backend: str = "smollm2"
@@ -42,6 +56,14 @@ class IntentConfig:
     device: str | None = None
     do_sample: bool = False
     stop_at_newline: bool = True
+    gguf_quant: str | None = None
+    threads: int | None = None
+    base_url: str | None = None
+    concurrency: int = 8
+    request_timeout: float = 120.0
+    max_retries: int = 5
+    export_requests: str | None = None
+    import_responses: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -50,10 +72,28 @@ class IntentConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.localize_reduce not in REDUCTIONS:
             raise ValueError(f"localize_reduce must be one of {REDUCTIONS}, got {self.localize_reduce!r}")
-        for name in ("batch_size", "max_new_tokens"):
+        if self.gguf_quant is not None and self.gguf_quant not in GGUF_QUANTS:
+            raise ValueError(f"gguf_quant must be one of {GGUF_QUANTS}, got {self.gguf_quant!r}")
+        if self.backend in ("llamacpp", "openai") and self.precision is not None:
+            raise ValueError(
+                f"precision is for the transformers engine, not backend {self.backend!r}"
+                + (" (llama.cpp takes gguf_quant)" if self.backend == "llamacpp" else "")
+            )
+        if self.backend == "openai" and not self.model:
+            raise ValueError("backend 'openai' needs the served model's name (--llm-model NAME)")
+        if (self.export_requests or self.import_responses) and self.backend != "openai":
+            raise ValueError(
+                "--export-requests and --import-responses need --backend openai --llm-model NAME: "
+                "the batch engine's model name and the settings name the answers in the cache"
+            )
+        if self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        for name in ("batch_size", "max_new_tokens", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_prompt_items", "limit"):
+        for name in ("max_prompt_items", "limit", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {value}")
@@ -63,7 +103,7 @@ class IntentConfig:
 
 # IntentConfig fields whose flags carry an ``llm-`` prefix, so that --seed, --batch-size,
 # --device and --model mean the training options wherever both sets of flags appear.
-PREFIXED = ("model", "batch_size", "seed", "device")
+PREFIXED = ("model", "batch_size", "seed", "device", "threads", "concurrency")
 
 
 def _flag(name: str) -> str:
@@ -81,11 +121,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add(
         "backend",
-        "LLM engine: the bundled SmolLM2-135M, a transformers model, or a test fake",
+        "LLM engine: the bundled SmolLM2-135M (4-bit llama.cpp on CPU when installed), a GGUF on "
+        "llama.cpp, a transformers model, an OpenAI-compatible server or batch files, or a test fake",
         choices=BACKENDS,
     )
-    add("model", "model folder or .gguf file (backend transformers)")
-    add("precision", "weights: default 4bit on CUDA, fp32 on CPU", choices=PRECISIONS)
+    add(
+        "model",
+        "model folder or .gguf file (transformers), .gguf file (llamacpp) or served model name (openai)",
+    )
+    add("precision", "transformers weights: default 4bit on CUDA, fp32 on CPU", choices=PRECISIONS)
+    add(
+        "gguf_quant",
+        "llama.cpp: requantise the GGUF once to this type (default Q4_0 for the bundled model; "
+        "'none' uses the file as it is)",
+        choices=GGUF_QUANTS,
+    )
+    add("threads", "llama.cpp threads (default: the free cores)", type=int)
+    add("base_url", "openai backend: the server, e.g. http://127.0.0.1:8000/v1")
+    add("concurrency", f"openai backend: requests in flight (default {d.concurrency})", type=int)
+    add(
+        "request_timeout",
+        f"openai backend: seconds per request (default {d.request_timeout:g})",
+        type=float,
+    )
+    add(
+        "max_retries",
+        f"openai backend: retries with exponential backoff (default {d.max_retries})",
+        type=int,
+    )
+    add(
+        "export_requests",
+        "write the prompts without a cached answer as OpenAI batch requests (JSONL) and stop",
+        metavar="FILE.jsonl",
+    )
+    add(
+        "import_responses",
+        "cache the answers of a batch engine's output file (JSONL) before generating",
+        metavar="FILE.jsonl",
+    )
     add("batch_size", f"prompts per generation batch (default {d.batch_size})", type=int)
     add("max_new_tokens", f"generation cap per answer (default {d.max_new_tokens})", type=int)
     add("max_prompt_items", "show only the last N clicks in a prompt (default: all, as the paper)", type=int)

@@ -3,13 +3,28 @@
 Samples are taken split by split in the dataset's split order; with ``config.limit`` only the
 first ``limit`` samples of each split are processed and the output covers exactly those sample
 ids (stage 2 must then restrict itself to them or fail on the missing ids).
+
+Prompts without a cached answer go to the backend in the order it wants
+(:mod:`llm4sbr.intent.order`: shared prefixes adjacent for llama.cpp and servers, lengths
+together for transformers' padded batches), and every ``batch_size`` answers are cached as one
+shard as they arrive.
+
+Batch files (backend "openai"): with ``config.export_requests`` the prompts without a cached
+answer are written as OpenAI batch requests and the run stops (:class:`RequestsExported`, exit
+status 0). With ``config.import_responses`` the answers of a batch engine's output file are
+cached first (:mod:`llm4sbr.intent.requests_io`; rejected lines are reported with a
+:class:`ImportProblemWarning` and in meta.json). Prompts still without an answer are then
+asked from ``config.base_url``; without a server the run stops with a ValueError that counts
+them and says to export them again (a second export holds only those).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +34,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.dataset import SessionDataset
+from .backend_base import batched_stream
+from .backend_openai import OpenAIBackend
 from .backends import Backend, make_backend, postprocess_answer
-from .cache import STAT_FIELDS, AnswerCache, answer_key
+from .cache import OPTIONAL_STAT_FIELDS, STAT_FIELDS, AnswerCache, answer_key
 from .config import IntentConfig
 from .encode import Encoder, make_encoder
 from .localize import localize
+from .order import order_prompts
 from .prompts import VIEWS, build_prompt, template_hash
+from .requests_io import RequestsExported, export_requests, import_responses
 from .store import (
     begin_output,
     load_intents,
@@ -37,6 +56,10 @@ from .store import (
 )
 
 ROWS_PER_WRITE = 65536
+
+
+class ImportProblemWarning(UserWarning):
+    """A responses file had lines that were not accepted (see :mod:`llm4sbr.intent.requests_io`)."""
 
 
 @dataclass
@@ -86,29 +109,91 @@ def _all_answers_cost(cache: AnswerCache, keys: list[str]) -> dict[str, float | 
     return cost
 
 
+def _missing_in_order(prompts: list[str], keys: list[str], cache: AnswerCache, backend: Backend) -> list[int]:
+    """Indices of the prompts whose key is not cached, in the order the backend wants."""
+    missing = [i for i, k in enumerate(keys) if k not in cache]
+    order = order_prompts([prompts[i] for i in missing], getattr(backend, "prompt_order", "prefix"))
+    return [missing[j] for j in order]
+
+
+def _cost(backend: Backend, before: dict[str, float]) -> dict[str, float]:
+    fields = STAT_FIELDS + tuple(f for f in OPTIONAL_STAT_FIELDS if f in backend.stats)
+    return {name: backend.stats[name] - before.get(name, 0) for name in fields}
+
+
 def _generate_missing(
     prompts: list[str], keys: list[str], cache: AnswerCache, backend: Backend, batch_size: int, progress: bool
 ) -> int:
-    """Generate the prompts whose key is not cached, one cache shard per batch. Longest first, and
-    prompts that differ only in their last line (the views of a sample) stay adjacent, so a batch
-    holds whole groups whose common prefix the backend can prefill once."""
-    stems = [p.rsplit("\n", 1)[0] for p in prompts]
-    missing = sorted(
-        (i for i, k in enumerate(keys) if k not in cache), key=lambda i: (-len(stems[i]), stems[i])
-    )
+    """Generate the prompts whose key is not cached, in :func:`_missing_in_order`, and cache the
+    answers as they arrive, one shard per ``batch_size`` answers. Answers received before an
+    error or an interruption are cached before it propagates."""
+    missing = _missing_in_order(prompts, keys, cache, backend)
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(missing), unit="prompt", disable=not progress)
+    pending_keys: list[str] = []
+    pending_answers: list[str] = []
+    before = dict(backend.stats)
+
+    def flush() -> None:
+        nonlocal before
+        if pending_keys:
+            cache.put_many(pending_keys, pending_answers, _cost(backend, before))
+            bar.update(len(pending_keys))
+            pending_keys.clear()
+            pending_answers.clear()
+        before = dict(backend.stats)
+        seconds = backend.stats["seconds"]
+        if seconds > 0:
+            postfix = {"tok_s": f"{backend.stats['new_tokens'] / seconds:.1f}"}
+            if backend.stats.get("prompt_tokens") and "prefill_tokens" in backend.stats:
+                postfix["prefill"] = f"{backend.stats['prefill_tokens'] / backend.stats['prompt_tokens']:.0%}"
+            bar.set_postfix(postfix, refresh=False)
+
     with bar:
-        for start in range(0, len(missing), batch_size):
-            idx = missing[start : start + batch_size]
-            before = dict(backend.stats)
-            answers = backend.generate([prompts[i] for i in idx])
-            cost = {name: backend.stats[name] - before[name] for name in STAT_FIELDS}
-            cache.put_many([keys[i] for i in idx], answers, cost)
-            bar.update(len(idx))
-            seconds = backend.stats["seconds"]
-            if seconds > 0:
-                bar.set_postfix(tok_s=f"{backend.stats['new_tokens'] / seconds:.1f}", refresh=False)
+        try:
+            for j, answer in batched_stream(backend, [prompts[i] for i in missing], batch_size):
+                pending_keys.append(keys[missing[j]])
+                pending_answers.append(answer)
+                if len(pending_keys) >= batch_size:
+                    flush()
+        finally:
+            flush()
     return len(missing)
+
+
+def _run_batch_files(
+    config: IntentConfig, prompts: list[str], keys: list[str], cache: AnswerCache, backend: Backend
+) -> dict[str, Any] | None:
+    """``--import-responses`` then ``--export-requests`` (see the module docstring); returns the
+    import's record for meta.json (None without an import)."""
+    if not isinstance(backend, OpenAIBackend):
+        raise ValueError("--export-requests and --import-responses need --backend openai")
+    record = None
+    if config.import_responses:
+        report = import_responses(config.import_responses, keys, cache, backend)
+        if report.problems:
+            warnings.warn(f"--import-responses {report.summary()}", ImportProblemWarning, stacklevel=3)
+        record = report.as_meta()
+        missing = len(report.missing_ids)
+        if missing and backend.base_url is None and not config.export_requests:
+            first = ", ".join(report.missing_ids[:3])
+            raise ValueError(
+                f"{missing} of {len(prompts)} prompts have no answer after --import-responses "
+                f"{config.import_responses} (first ids: {first}, ...). Write them to a new batch file with "
+                "--export-requests FILE and run it, or give --base-url of a server to ask it for them"
+            )
+    if config.export_requests:
+        missing = _missing_in_order(prompts, keys, cache, backend)
+        count = export_requests(
+            config.export_requests, [prompts[i] for i in missing], [keys[i] for i in missing], backend
+        )
+        message = (
+            f"wrote {count} batch requests ({len(prompts) - count} of {len(prompts)} prompts have cached "
+            f"answers) to {config.export_requests}; run them on a batch engine, then rerun with "
+            "--import-responses OUTPUT.jsonl instead of --export-requests"
+        )
+        print(message, file=sys.stderr)
+        raise RequestsExported(Path(config.export_requests), count, message)
+    return record
 
 
 def infer_intents(
@@ -127,7 +212,9 @@ def infer_intents(
     encoded, localized over the item catalog (items with a non-empty name) and written as
     intents.npy [n_samples, 2, d_text] float32 aligned with sample_ids.npy. ``backend`` and
     ``encoder`` override the ones the config names (tests inject fakes). Rerunning after an
-    interruption regenerates only the answers that are not cached yet.
+    interruption regenerates only the answers that are not cached yet. With
+    ``config.export_requests`` it writes the batch file and raises :class:`RequestsExported`
+    (a ``SystemExit`` with status 0) instead of returning.
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
@@ -145,6 +232,12 @@ def infer_intents(
             config.model,
             config.precision,
             config.device,
+            threads=config.threads,
+            gguf_quant=config.gguf_quant,
+            base_url=config.base_url,
+            concurrency=config.concurrency,
+            request_timeout=config.request_timeout,
+            max_retries=config.max_retries,
             batch_size=config.batch_size,
             max_new_tokens=config.max_new_tokens,
             do_sample=config.do_sample,
@@ -153,6 +246,9 @@ def infer_intents(
         )
     cache = AnswerCache(config.cache_dir or out_dir / "answer_cache")
     keys = [answer_key(backend.identity, backend.precision, p, backend.settings) for p in unique_prompts]
+    imported = None
+    if config.export_requests or config.import_responses:
+        imported = _run_batch_files(config, unique_prompts, keys, cache, backend)
     generated = _generate_missing(unique_prompts, keys, cache, backend, config.batch_size, progress)
     answers_s = time.perf_counter() - started
     answers_cpu_s = time.process_time() - cpu_started
@@ -186,15 +282,22 @@ def infer_intents(
     stats = backend.stats
     seconds = stats["seconds"]
 
-    def per_second(count: float) -> float | None:
-        return round(count / seconds, 3) if seconds else None
+    def per_second(count: float | None) -> float | None:
+        return round(count / seconds, 3) if seconds and count is not None else None
 
     meta = {
         **standard_meta(shape, sample_ids),
         "dataset": dataset.name,
         "splits": split_counts,
         "config": asdict(config),
-        "llm": {"backend": config.backend, "model": backend.identity, "precision": backend.precision},
+        "llm": {
+            "backend": config.backend,
+            "engine": getattr(backend, "engine", type(backend).__name__),
+            "model": backend.identity,
+            "precision": backend.precision,
+            "threads": getattr(backend, "threads", None),
+            "prompt_order": getattr(backend, "prompt_order", "prefix"),
+        },
         "generation": backend.settings,
         "encoder": encoder.identity,
         "template_hash": template_hash(),
@@ -221,8 +324,14 @@ def infer_intents(
             "prompts_per_s": per_second(stats["prompts"]),
             "new_tokens_per_s": per_second(stats["new_tokens"]),
             "prompt_tokens_per_s": per_second(stats["prompt_tokens"]),
+            "prefill_tokens_per_s": per_second(stats.get("prefill_tokens")),
         },
-        "tokens": {"prompt": int(stats["prompt_tokens"]), "new": int(stats["new_tokens"])},
+        "tokens": {
+            "prompt": int(stats["prompt_tokens"]),
+            "prefill_computed": int(stats["prefill_tokens"]) if "prefill_tokens" in stats else None,
+            "new": int(stats["new_tokens"]),
+        },
+        "import": imported,
         "all_answers_generation": _all_answers_cost(cache, keys),
         "peak_memory": _peak_memory(),
         "torch_threads": torch.get_num_threads(),

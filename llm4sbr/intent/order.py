@@ -16,8 +16,9 @@ of another (each ends with the task line), so sorting the prompts sorts their te
 
 Sorted order alone would make a progress bar lie: rates change along the run (a long session's
 first prompt costs hundreds of tokens, its other samples a few dozen; sessions that start with
-the same item cluster). So the sorted list is cut into groups (runs of prompts that share more
-than the header and their first item line, i.e. mostly one session's samples) and the groups are
+the same item cluster). So the sorted list is cut into groups (runs of prompts that share the
+header and their whole first item line: a session's samples, with those of other sessions that
+start with the same item) and the groups are
 visited in a seeded random order: the first minutes of a run are a sample of the whole run and
 its rate predicts the rest. Only what consecutive groups would have shared beyond the header is
 lost (the header stays shared: every prompt starts with it).
@@ -42,8 +43,8 @@ def common_prefix_length(a: str, b: str) -> int:
 
 def prefix_groups(prompts: Sequence[str]) -> list[list[int]]:
     """Indices of ``prompts`` sorted lexicographically, cut into groups: a group starts where a
-    prompt shares no more than its first two lines (the header and the first item) with the
-    prompt before it in sorted order."""
+    prompt does not share its first two lines (the header and the first item) and the newline
+    after them with the prompt before it in sorted order."""
     order = sorted(range(len(prompts)), key=prompts.__getitem__)
     groups: list[list[int]] = []
     previous = None

@@ -123,7 +123,10 @@ def _train(
         dataset = run_dataset(config)
     for split in ("train", "valid", "test"):
         if split not in dataset.splits or len(dataset.splits[split]) == 0:
-            raise ValueError(f"dataset {dataset.name!r} has no {split!r} samples")
+            why = dataset.report.get("empty_splits", {}).get(split)
+            raise ValueError(
+                f"dataset {dataset.name!r} has no {split!r} samples" + (f": {why}" if why else "")
+            )
     uses_intents = MODEL_CLASSES[config.model].uses_intents
     intents = IntentLookup.load(config.intents, dataset) if uses_intents and config.intents else None
     torch.manual_seed(config.seed)
@@ -239,6 +242,10 @@ def _train(
                 f"{'  *' if improved else ''}  ({seconds:.1f} s)"
             )
 
+    if main_process:
+        # Also after a resume that had nothing left to train: the process that wrote the last
+        # epoch's last.pt may have died before its log line.
+        write_atomic(out / LOG, "".join(json.dumps(h) + "\n" for h in history))
     if distributed:
         dist.barrier()
     best = load_checkpoint(out / BEST, map_location=device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from llm4sbr.data import (
@@ -77,3 +78,14 @@ def test_with_graph_in_workers_matches_torch_builder() -> None:
         assert torch.equal(batch["graph_alias"], graph.alias)
         assert torch.equal(batch["graph_A_in"], graph.A_in)
         assert torch.equal(batch["graph_A_out"], graph.A_out)
+
+
+def test_numba_is_an_optional_extra_with_an_actionable_error(monkeypatch) -> None:
+    import sys
+
+    import llm4sbr.data
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "llm4sbr.data.graph_numba", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'llm4sbr\[numba\]'"):
+        llm4sbr.data.build_session_graph_numba  # noqa: B018

@@ -100,7 +100,18 @@ def test_generation_stats_sum_the_shards_holding_the_keys(tmp_path: Path) -> Non
     for loaded in (cache, AnswerCache(tmp_path)):
         assert loaded.generation_stats(["k1", "k3", "k4", "k9"]) == {
             "seconds": 3.0, "prompts": 3.0, "prompt_tokens": 200.0, "new_tokens": 20.0,
-            "shards": 2, "keys_without_stats": 2,
+            "shards": 2, "keys_without_stats": 2, "prefill_tokens": None,
         }  # fmt: skip
         assert loaded.generation_stats(["k2"])["shards"] == 1
         assert loaded.generation_stats([])["prompts"] == 0
+
+
+def test_prefill_tokens_are_summed_where_shards_recorded_them(tmp_path: Path) -> None:
+    cost = {"seconds": 1.0, "prompts": 2, "prompt_tokens": 100, "new_tokens": 10}
+    cache = AnswerCache(tmp_path)
+    cache.put_many(["k1", "k2"], ["a1", "a2"], {**cost, "prefill_tokens": 30})
+    cache.put_many(["k3"], ["a3"], cost)  # an engine that does not count prefill
+    for loaded in (cache, AnswerCache(tmp_path)):
+        assert loaded.corrupt == 0
+        assert loaded.generation_stats(["k1", "k3"])["prefill_tokens"] == 30.0
+        assert loaded.generation_stats(["k3"])["prefill_tokens"] is None

@@ -230,7 +230,7 @@ def test_duplicate_sample_ids_across_splits_are_rejected(tmp_path: Path) -> None
 
 def test_config_validation_and_cli_arguments() -> None:
     with pytest.raises(ValueError, match="backend"):
-        IntentConfig(backend="openai")
+        IntentConfig(backend="ollama")
     with pytest.raises(ValueError, match="precision"):
         IntentConfig(precision="2bit")
     with pytest.raises(ValueError, match="limit"):

@@ -3,6 +3,7 @@ float64 reference, gradcheck, properties, determinism, memory, input checks and 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -19,9 +20,12 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import llm4sbr.kernels.linear_cross_entropy as lce
 from llm4sbr.kernels._launch import HAS_TRITON, use_backend
 from llm4sbr.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
+
+# The package exports the function linear_cross_entropy under the submodule's name, so
+# `import llm4sbr.kernels.linear_cross_entropy as lce` would bind the function.
+lce = importlib.import_module("llm4sbr.kernels.linear_cross_entropy")
 
 # Tiny tensors throughout: a second OpenMP thread only adds contention.
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -192,6 +192,28 @@ def test_recommender_is_exported_lazily():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_serving_imports_no_training_cli_or_benchmark_code(runs):
+    """Loading a Recommender and recommending (an LLM4SBR run with its predictor) pulls in
+    neither the training loop, nor the CLI or pipeline, nor the benchmarks."""
+    code = (
+        "import sys, llm4sbr\n"
+        f"rec = llm4sbr.Recommender.load({str(runs['root'] / 'llm' / 'best.pt')!r})\n"
+        "rec.recommend(['raw1', 'raw2'], k=3)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert "llm4sbr.serving.recommender" in loaded
+    forbidden = [
+        m
+        for m in loaded
+        if m.startswith(("llm4sbr.train", "llm4sbr.cli", "llm4sbr.pipeline", "llm4sbr.bench", "bench."))
+        or m == "bench"
+    ]
+    assert forbidden == []
+
+
 def test_explain_names_the_catalog_items_nearest_each_predicted_intent(runs):
     rec = Recommender.load(runs["root"] / "llm" / "best.pt")
     explained = rec.explain(["raw4", "raw5", "raw6"], k=3)

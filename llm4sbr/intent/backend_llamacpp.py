@@ -1,0 +1,297 @@
+"""The llama.cpp engine (``llama-cpp-python``, the ``cpu-llm`` extra): 4-bit GGUF models on CPU.
+
+* **Quantisation.** A GGUF file is requantised once to ``quant`` (default Q4_0 for the bundled
+  SmolLM2-135M, whose shipped Q4_1 has no fast AVX512 path in llama.cpp; Q4_0 prefills about 2.4x
+  faster on such a CPU) with ``llama_cpp.llama_model_quantize`` and kept in the user cache folder
+  (:func:`cache_root`) under a name holding the source file's sha256, written atomically. A
+  given file can also be used as it is (``quant=None``).
+* **Identity.** ``<file>:llama.cpp:<quant>:<sha256 of the source, 16 hex>``; ``precision`` is the
+  quantisation. Answers of this engine never mix with the transformers engine's in the cache.
+* **KV cache reuse.** One ``Llama`` object answers the prompts one after the other, and
+  ``Llama.generate`` keeps the KV cache of the longest common token prefix with the previous
+  prompt; with prompts in :mod:`llm4sbr.intent.order` this skips most of the prefill.
+  ``stats["prefill_tokens"]`` counts the tokens llama.cpp actually evaluated before each
+  answer's first new token (counted at ``Llama.eval``), ``stats["prompt_tokens"]`` the
+  prompts' full lengths. ``reuse_prefix=False`` resets the cache before every prompt (tests).
+* **Decoding** as the transformers engine: the model's own chat template (rendered with
+  llama-cpp-python's Jinja2 formatter from the GGUF metadata), greedy unless ``do_sample``
+  (temperature 1, top-p, a seed set before each prompt, so answers do not depend on the order),
+  generation ended at EOS, at ``max_new_tokens`` or, with ``stop_at_newline``, at the end of
+  the first non-empty line (the stored answer stops there).
+* **Threads**: :func:`free_cores` unless given: more threads than free cores make llama.cpp
+  slower, not faster.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from llm4sbr.atomic import atomic_writer
+
+from .backend_base import first_line, new_stats
+from .hf import model_identity
+
+CPU_LLM_HINT = "pip install 'llm4sbr[cpu-llm]'"
+QUANTS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16")
+"""Types a GGUF file can be requantised to (``llama_cpp.LLAMA_FTYPE_MOSTLY_<type>``)."""
+CACHE_ENV = "LLM4SBR_CACHE_DIR"
+N_CTX = 8192
+"""Context window: the longest ml-100k prompt (110 clicks) is about 2,000 tokens."""
+
+
+class EngineUnavailable(ImportError):
+    """llama-cpp-python is missing, does not load, or could not prepare the model."""
+
+
+def import_llama_cpp() -> ModuleType:
+    """``llama_cpp``; :class:`EngineUnavailable` with the install hint when it does not import."""
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as exc:  # OSError: the shared library does not load
+        raise EngineUnavailable(
+            f"the llama.cpp engine needs llama-cpp-python: {CPU_LLM_HINT} ({type(exc).__name__}: {exc})"
+        ) from exc
+    return llama_cpp
+
+
+def cache_root() -> Path:
+    """Where requantised models are kept: ``$LLM4SBR_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/llm4sbr``, else ``~/.cache/llm4sbr``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llm4sbr"
+
+
+def free_cores() -> int:
+    """CPU cores this process may use minus the busy ones (the 1-minute load average, rounded
+    down, so this process's own recent work does not count a core), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, cores - busy)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def requantize(source: str | os.PathLike, quant: str, root: str | os.PathLike | None = None) -> Path:
+    """``source`` requantised to ``quant``: ``<root>/<stem>.<sha256[:16]>.<quant>.gguf``, made on
+    the first call (about a second for the 135M model) and reused after."""
+    source = Path(source)
+    if quant not in QUANTS:
+        raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
+    digest = file_sha256(source)[:16]
+    folder = Path(root) if root is not None else cache_root() / "gguf"
+    target = folder / f"{source.stem}.{digest}.{quant}.gguf"
+    if target.is_file():
+        return target
+    llama_cpp = import_llama_cpp()
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = folder / f".{target.name}.{uuid.uuid4().hex[:8]}.quantizing"
+    try:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+        params.allow_requantize = True
+        params.nthread = free_cores()
+        status = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(scratch).encode(), ctypes.byref(params)
+        )
+        if status != 0 or not scratch.is_file():
+            raise EngineUnavailable(f"llama.cpp could not quantise {source} to {quant} (status {status})")
+        with atomic_writer(target) as out, open(scratch, "rb") as data:
+            shutil.copyfileobj(data, out, 1 << 22)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return target
+
+
+class LlamaCppBackend:
+    """A GGUF model through llama.cpp (see the module docstring).
+
+    model_path: a .gguf file. quant: requantise to this type (:data:`QUANTS`) once, or None to
+    use the file as it is. threads: llama.cpp threads (None: :func:`free_cores` when the model
+    is loaded). n_ctx: context window. max_new_tokens, do_sample, top_p, seed, stop_at_newline:
+    as for the transformers engine. reuse_prefix: keep the KV cache of the common prefix between
+    consecutive prompts. cache_dir: folder of requantised files (None: :func:`cache_root`).
+    llama_cpp is imported here, so a missing engine fails at construction; the model is loaded on
+    the first answer, so a fully cached run never loads it.
+    """
+
+    engine = "llama.cpp"
+    prompt_order = "prefix"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        quant: str | None = "Q4_0",
+        threads: int | None = None,
+        n_ctx: int = N_CTX,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        top_p: float = 0.8,
+        seed: int = 0,
+        stop_at_newline: bool = True,
+        reuse_prefix: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if max_new_tokens < 1 or (threads is not None and threads < 1) or n_ctx < 64:
+            raise ValueError(
+                "max_new_tokens and threads must be >= 1 and n_ctx >= 64, "
+                f"got {max_new_tokens}, {threads}, {n_ctx}"
+            )
+        source = Path(model_path)
+        if not source.is_file() or source.suffix != ".gguf":
+            raise FileNotFoundError(f"the llama.cpp engine needs a .gguf file, got {source}")
+        self._llama_cpp = import_llama_cpp()
+        if quant is None:
+            self.model_path = source
+            self.precision = "gguf"
+            digest = model_identity(source).rsplit(":", 1)[1]
+        else:
+            try:
+                self.model_path = requantize(source, quant, cache_dir)
+            except EngineUnavailable:
+                raise
+            except (OSError, AttributeError, TypeError) as exc:
+                raise EngineUnavailable(f"llama.cpp could not quantise {source} to {quant}: {exc}") from exc
+            self.precision = quant
+            digest = self.model_path.name.split(".")[-3]
+        self.source = source
+        self.identity = f"{source.name}:llama.cpp:{self.precision}:{digest}"
+        self.threads = threads
+        self.n_ctx = n_ctx
+        self.reuse_prefix = reuse_prefix
+        self.settings: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "stop_at_newline": stop_at_newline,
+            "chat_template": True,
+        }
+        if do_sample:
+            self.settings.update(top_p=top_p, seed=seed)
+        self.stats = new_stats()
+        self._llm: Any = None
+        self._template: Any = None
+        self._first_eval: int | None = None
+
+    def _load(self) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.threads = self.threads or free_cores()
+        llm = self._llama_cpp.Llama(
+            model_path=str(self.model_path),
+            n_ctx=self.n_ctx,
+            n_threads=self.threads,
+            n_threads_batch=self.threads,
+            n_gpu_layers=0,
+            seed=self.settings.get("seed", 0),
+            verbose=False,
+        )
+        template = llm.metadata.get("tokenizer.chat_template")
+        if template:
+            vocab = llm._model
+
+            def text(token: int) -> str:
+                return vocab.token_get_text(token) if token != -1 else ""
+
+            self._template = Jinja2ChatFormatter(
+                template=template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos())
+            )
+        evaluate = llm.eval
+
+        def counting_eval(tokens: Any) -> None:
+            if self._first_eval is None:
+                self._first_eval = len(tokens)
+            evaluate(tokens)
+
+        llm.eval = counting_eval  # generate() calls self.eval: the prompt first, then one token each
+        self._llm = llm
+
+    def chat_text(self, prompt: str) -> str:
+        """``prompt`` in the model's chat template, ready for the assistant's answer."""
+        if self._llm is None:
+            self._load()
+        if self._template is None:
+            return prompt
+        return self._template(messages=[{"role": "user", "content": prompt}]).prompt
+
+    def tokens(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` in the chat template (special tokens parsed)."""
+        return self._llm.tokenize(self.chat_text(prompt).encode("utf-8"), add_bos=True, special=True)
+
+    def _answer(self, prompt: str) -> str:
+        llm, settings = self._llm, self.settings
+        start = time.perf_counter()
+        tokens = self.tokens(prompt)
+        if len(tokens) + settings["max_new_tokens"] > self.n_ctx:
+            raise ValueError(
+                f"a prompt of {len(tokens)} tokens does not fit the llama.cpp context of {self.n_ctx} "
+                f"with {settings['max_new_tokens']} new tokens: show fewer clicks (--max-prompt-items)"
+            )
+        if not self.reuse_prefix:
+            llm.reset()
+        sampling = settings["do_sample"]
+        if sampling:
+            llm.set_seed(settings["seed"])
+        self._first_eval = None
+        new: list[int] = []
+        text = ""
+        vocab = llm._model.vocab
+        for token in llm.generate(
+            tokens,
+            top_k=0 if sampling else 1,
+            top_p=settings["top_p"] if sampling else 1.0,
+            min_p=0.0,
+            temp=1.0 if sampling else 0.0,
+            repeat_penalty=1.0,
+            reset=True,
+        ):
+            if self._llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            new.append(token)
+            text = llm.detokenize(new).decode("utf-8", errors="ignore")
+            if len(new) >= settings["max_new_tokens"]:
+                break
+            if settings["stop_at_newline"] and first_line(text) != text:
+                break
+        stats = self.stats
+        stats["prompts"] += 1
+        stats["prompt_tokens"] += len(tokens)
+        stats["prefill_tokens"] += self._first_eval or 0
+        stats["new_tokens"] += len(new)
+        stats["seconds"] += time.perf_counter() - start
+        return first_line(text) if settings["stop_at_newline"] else text
+
+    def stream(self, prompts: list[str]) -> Iterator[tuple[int, str]]:
+        """``(index, raw answer)`` one prompt after the other, in the order given."""
+        if not prompts:
+            return
+        if self._llm is None:
+            self._load()
+        self.stats["calls"] += 1
+        for i, prompt in enumerate(prompts):
+            yield i, self._answer(prompt)
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        """Raw answers, in order."""
+        return [answer for _, answer in self.stream(prompts)]
