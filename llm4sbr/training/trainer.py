@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,18 @@ def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _clamp_threads(threads: int) -> int:
+    """``threads``, or the cores this process may use when it asks for more (with a warning:
+    oversubscribed OpenMP threads run many times slower)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if threads > available:
+        warnings.warn(
+            f"threads={threads} but only {available} cores are available: using {available}", stacklevel=3
+        )
+        return available
+    return threads
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -118,7 +132,7 @@ def _train(
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
     if config.threads:
-        torch.set_num_threads(config.threads)
+        torch.set_num_threads(_clamp_threads(config.threads))
     if dataset is None:
         dataset = run_dataset(config)
     for split in ("train", "valid", "test"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -9,12 +10,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from budget import assert_within_budget
+from gpu_compile import (
+    check_spills,
+    compile_for_gpu,
+    format_report,
+    kernel_names,
+    record_launches,
+    unique_jobs,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
 import llm4sbr.kernels as K
 from llm4sbr.kernels import align_uniform as au
 from llm4sbr.kernels import align_uniform_loss, align_uniform_loss_ref, use_backend
+from llm4sbr.kernels._launch import HAS_TRITON
 
 # (V, B, d): every V in {1, 2, 3}, B in {1, 2, 7, 19, 50}, d in {1, 7, 100}, primes and
 # non-powers of two; B = 50 with d = 100 and B = 70 with d = 7 span two row tiles.
@@ -296,3 +306,28 @@ def test_triton_path_rejects_rows_wider_than_one_tile():
     x, z = _inputs((1, 1, au.MAX_D + 1), seed=0)
     with pytest.raises(ValueError, match=r"^x has d"):
         _triton_loss(x, z)
+
+
+# DirectAU on SR-GNN's representations: V = 2 views of B = 512 rows at d = 100 (tiles [32, 128])
+# and of B = 2048 rows at d = 256 (tiles [16, 256]), 4 warps.
+COMPILE_CONFIGS = [(2, 512, 100), (2, 2048, 256)]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_kernels_compile_for_sm90_without_spills(tmp_path):
+    """The three kernels for float32 and bfloat16 inputs with the launch arguments the launcher
+    passes (recorded on meta tensors) and triton's runtime specialisation. The unit rows are in
+    float32 for both, so _pair_lse_kernel compiles once per config."""
+    launches = []
+    for shape, dtype in itertools.product(COMPILE_CONFIGS, (torch.float32, torch.bfloat16)):
+        x = torch.empty(shape, dtype=dtype, device="meta")
+        with record_launches(au.__name__) as recorded:
+            au._align_uniform_launch(x, x, 2.0, "mean", need_grad=True)
+        label = "{} V={} B={} d={}".format(str(dtype).removeprefix("torch."), *shape)
+        launches += [(label, launch) for launch in recorded]
+    jobs = unique_jobs(launches)
+    assert {job["kernel"] for job in jobs} == kernel_names(au.__name__)
+    report = compile_for_gpu(jobs, str(tmp_path))
+    print(format_report(report))
+    assert set(report) == {job["name"] for job in jobs}
+    check_spills(report)

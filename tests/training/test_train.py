@@ -190,3 +190,18 @@ def test_bf16_autocast_training_step(tmp_path, model, backend):
         )
     log = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert np.isfinite(log["train_loss"]) and 0.0 <= result.test["hit@20"] <= 1.0
+
+
+def test_threads_beyond_the_cores_are_clamped_with_a_warning(tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match=f"only {cores} cores"):
+            train(
+                config(epochs=1, threads=cores + 3), tmp_path / "run", dataset=tiny_dataset(), progress=False
+            )
+        assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)
