@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import torch
 
 DEFAULT_KS = (5, 10, 20)
+# Elements of one comparison chunk in target_ranks (about 16 MB of temporaries).
+RANK_CHUNK_ELEMENTS = 1 << 24
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -25,12 +27,19 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     n_items = scores.shape[1] - 1
     if targets.numel() and (int(targets.min()) < 1 or int(targets.max()) > n_items):
         raise ValueError(f"targets must lie in 1..{n_items} (0 is padding)")
-    items = scores[:, 1:].float() if scores.dtype in (torch.float16, torch.bfloat16) else scores[:, 1:]
-    if torch.isnan(items).any():
+    target_scores = scores.gather(1, targets.long()[:, None])
+    if torch.isnan(target_scores).any():
         raise ValueError("scores contain NaN: the model diverged or its input is corrupt")
-    target_scores = items.gather(1, (targets - 1).long()[:, None])
-    # Counting the target itself makes this 1 + #others with a score >= the target's.
-    return (items >= target_scores).sum(dim=1)
+    # Counting the target itself makes this 1 + #others with a score >= the target's. Items go
+    # in column chunks so the comparison temporaries stay small whatever the catalog size.
+    ranks = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    width = max(1, RANK_CHUNK_ELEMENTS // max(scores.shape[0], 1))
+    for start in range(1, n_items + 1, width):
+        chunk = scores[:, start : start + width]
+        if torch.isnan(chunk).any():
+            raise ValueError("scores contain NaN: the model diverged or its input is corrupt")
+        ranks += torch.count_nonzero(chunk >= target_scores, dim=1)
+    return ranks
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:

@@ -102,3 +102,22 @@ def test_metric_bounds_and_monotonicity(ranks):
     assert m["hit@5"] <= m["hit@10"] <= m["hit@20"]
     for k in (5, 10, 20):
         assert m[f"mrr@{k}"] <= m[f"ndcg@{k}"] + 1e-12 <= m[f"hit@{k}"] + 2e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_chunked_rank_counting_equals_one_pass_with_ties_and_padding(monkeypatch, dtype):
+    import llm4sbr.training.metrics as metrics
+
+    torch.manual_seed(0)
+    scores = torch.randint(-3, 4, (7, 30)).to(dtype)  # many ties
+    scores[:, 0] = float("inf")  # the padding column never counts, whatever it holds
+    targets = torch.randint(1, 30, (7,))
+    items = scores[:, 1:].float()
+    expected = (items >= items.gather(1, (targets - 1)[:, None])).sum(1)
+    for chunk in (1, 2, 5, 7 * 4, 7 * 29, 1 << 24):
+        monkeypatch.setattr(metrics, "RANK_CHUNK_ELEMENTS", chunk)
+        assert torch.equal(metrics.target_ranks(scores, targets), expected), chunk
+    scores[3, 17] = float("nan")
+    monkeypatch.setattr(metrics, "RANK_CHUNK_ELEMENTS", 7 * 4)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.target_ranks(scores, targets)
