@@ -253,6 +253,8 @@ def check_spills(report: dict[str, dict[str, int]], may_spill: tuple[str, ...] =
     spilling = {name: r for name, r in report.items() if r["spill_stores"] or r["spill_loads"]}
     known = {name: r for name, r in spilling.items() if name.startswith(may_spill)}
     if known:
-        warnings.warn(RegisterSpillWarning("register spills for sm_90:\n" + format_report(known)), stacklevel=2)
+        warnings.warn(
+            RegisterSpillWarning("register spills for sm_90:\n" + format_report(known)), stacklevel=2
+        )
     unexpected = {name: r for name, r in spilling.items() if name not in known}
     assert not unexpected, "unexpected register spills for sm_90:\n" + format_report(unexpected)

@@ -52,11 +52,19 @@ BF16_REL = 1e-2
 
 
 def setting_problem() -> str | None:
-    """Why the device setting cannot run, or None. CUDA needs a visible GPU, triton, and the
-    Triton paths compiled (TRITON_INTERPRET=0), not interpreted."""
+    """Why the device setting cannot run, or None. CPU needs the interpreter (TRITON_INTERPRET=1)
+    where triton is installed; CUDA needs a visible GPU, triton, and the Triton paths compiled
+    (TRITON_INTERPRET=0), not interpreted."""
     if not _VALID:
         return f"{ENV}={SETTING!r}: expected 'cpu', 'cuda' or 'cuda:N'"
+    from llm4sbr.kernels._launch import HAS_TRITON, interpreter_enabled
+
     if not ON_CUDA:
+        if HAS_TRITON and not interpreter_enabled():
+            return (
+                f"{ENV}={SETTING} runs the Triton paths in the CPU interpreter, but TRITON_INTERPRET "
+                "is not 1 (tests/conftest.py sets it unless the environment does): unset it"
+            )
         return None
     if not torch.cuda.is_available():
         return (
@@ -65,8 +73,6 @@ def setting_problem() -> str | None:
         )
     if DEVICE.index is not None and DEVICE.index >= torch.cuda.device_count():
         return f"{ENV}={SETTING} but only {torch.cuda.device_count()} CUDA device(s) are visible"
-    from llm4sbr.kernels._launch import HAS_TRITON, interpreter_enabled
-
     if not HAS_TRITON:
         return f"{ENV}={SETTING} but triton is not installed: the Triton paths cannot run"
     if interpreter_enabled():

@@ -1,4 +1,5 @@
-"""align_uniform_loss: the Triton path (CPU interpreter) against the float64 reference."""
+"""align_uniform_loss: the Triton path (CPU interpreter, or the GPU with LLM4SBR_TEST_DEVICE=cuda)
+against the float64 reference, and a compile for sm_90."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gpu_compile import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_device import BF16_REL, PRECISIONS, cuda_only, to_device
 
 import llm4sbr.kernels as K
 from llm4sbr.kernels import align_uniform as au
@@ -49,7 +51,7 @@ def _inputs(
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen, dtype=torch.float64)
     z = torch.randn(shape, generator=gen, dtype=torch.float64)
-    return x.to(dtype), z.to(dtype)
+    return to_device(x.to(dtype)), to_device(z.to(dtype))
 
 
 def _triton_loss(
@@ -66,34 +68,49 @@ def _loss_and_grads(
     x = x.detach().clone().requires_grad_()
     z = z.detach().clone().requires_grad_()
     loss = loss_fn(x, z, **kwargs)
-    grad_x, grad_z = torch.autograd.grad(loss, (x, z), grad_outputs=torch.tensor(grad_out, dtype=loss.dtype))
+    grad_x, grad_z = torch.autograd.grad(
+        loss, (x, z), grad_outputs=torch.tensor(grad_out, dtype=loss.dtype, device=loss.device)
+    )
     return loss.detach(), grad_x, grad_z
 
 
 def _assert_matches_reference(
-    x32: torch.Tensor, z32: torch.Tensor, grad_out: float, atol: float = 1e-5, **kwargs: object
+    x: torch.Tensor,
+    z: torch.Tensor,
+    grad_out: float,
+    atol: float = 1e-5,
+    dtype: torch.dtype = torch.float32,
+    **kwargs: object,
 ) -> None:
-    kernel = _loss_and_grads(_triton_loss, x32, z32, grad_out, **kwargs)
-    ref32 = _loss_and_grads(align_uniform_loss_ref, x32, z32, grad_out, **kwargs)
-    ref64 = _loss_and_grads(align_uniform_loss_ref, x32.double(), z32.double(), grad_out, **kwargs)
-    for name, k, r32, r64 in zip(("loss", "grad_x", "grad_z"), kernel, ref32, ref64, strict=True):
-        assert k.dtype == torch.float32, name
-        assert_within_budget(name, k, r32, r64, atol=atol)
+    """The Triton path on ``dtype`` inputs (x, z cast to it) vs the reference on them and on their
+    float64 values, within the budget: ``atol`` for float32, BF16_REL times the largest
+    magnitude for bfloat16."""
+    x, z = x.to(dtype), z.to(dtype)
+    kernel = _loss_and_grads(_triton_loss, x, z, grad_out, **kwargs)
+    ref_low = _loss_and_grads(align_uniform_loss_ref, x, z, grad_out, **kwargs)
+    ref64 = _loss_and_grads(align_uniform_loss_ref, x.double(), z.double(), grad_out, **kwargs)
+    for name, k, r_low, r64 in zip(("loss", "grad_x", "grad_z"), kernel, ref_low, ref64, strict=True):
+        assert k.dtype == dtype, name
+        if dtype != torch.float32:
+            atol = BF16_REL * max(1.0, r64.abs().max().item())
+        assert_within_budget(name, k, r_low, r64, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", PRECISIONS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "V{}-B{}-d{}".format(*s))
 @pytest.mark.parametrize("reduce_views", ["mean", "sum"])
-def test_forward_and_grads_within_budget(shape, reduce_views):
+def test_forward_and_grads_within_budget(shape, reduce_views, dtype):
     x, z = _inputs(shape, seed=sum(shape))
     grad_out = float(torch.randn((), generator=torch.Generator().manual_seed(7)))
-    _assert_matches_reference(x, z, grad_out, reduce_views=reduce_views)
+    _assert_matches_reference(x, z, grad_out, dtype=dtype, reduce_views=reduce_views)
 
 
+@pytest.mark.parametrize("dtype", PRECISIONS)
 @pytest.mark.parametrize("t", [0.3, 7.0, 500.0])
-def test_temperatures_within_budget(t):
+def test_temperatures_within_budget(t, dtype):
     # t = 500 puts every exp(-t D) far below float32's range: only the max-shifted sums survive.
     x, z = _inputs((2, 19, 7), seed=3)
-    _assert_matches_reference(x, z, grad_out=-1.3, t=t)
+    _assert_matches_reference(x, z, grad_out=-1.3, dtype=dtype, t=t)
 
 
 def test_all_padding_and_tiny_rows_match_reference():
@@ -230,8 +247,8 @@ def test_property_rescaling_rows_leaves_loss_unchanged(case, t):
     V, B, d, seed = case
     x, z = _inputs((V, B, d), seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    scale_x = torch.exp(torch.empty(V, B, 1).uniform_(-3.0, 3.0, generator=gen))
-    scale_z = torch.exp(torch.empty(V, B, 1).uniform_(-3.0, 3.0, generator=gen))
+    scale_x = to_device(torch.exp(torch.empty(V, B, 1).uniform_(-3.0, 3.0, generator=gen)))
+    scale_z = to_device(torch.exp(torch.empty(V, B, 1).uniform_(-3.0, 3.0, generator=gen)))
     torch.testing.assert_close(
         _triton_loss(x * scale_x, z * scale_z, t), _triton_loss(x, z, t), rtol=1e-5, atol=1e-5
     )
@@ -268,7 +285,7 @@ def test_property_swapping_x_and_z(case):
 def test_property_permuting_rows_together(case):
     V, B, d, seed = case
     x, z = _inputs((V, B, d), seed)
-    perm = torch.randperm(B, generator=torch.Generator().manual_seed(seed))
+    perm = to_device(torch.randperm(B, generator=torch.Generator().manual_seed(seed)))
     loss, grad_x, grad_z = _loss_and_grads(_triton_loss, x, z, grad_out=1.0)
     loss_p, grad_x_p, grad_z_p = _loss_and_grads(_triton_loss, x[:, perm], z[:, perm], grad_out=1.0)
     torch.testing.assert_close(loss_p, loss, rtol=1e-5, atol=1e-6)
@@ -292,7 +309,10 @@ def _bad_inputs():
         "t-infinite": ("t", dict(x=x, z=z, t=math.inf)),
         "t-string": ("t", dict(x=x, z=z, t="2")),
     }
-    return [pytest.param(arg_name, kwargs, id=case) for case, (arg_name, kwargs) in cases.items()]
+    params = [pytest.param(arg_name, kwargs, id=case) for case, (arg_name, kwargs) in cases.items()]
+    # A CPU tensor among CUDA inputs (only a CUDA run has two real devices to mix).
+    params.append(pytest.param("z", dict(x=x, z=z.cpu()), id="z-on-cpu", marks=cuda_only))
+    return params
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -313,11 +333,12 @@ def test_triton_path_rejects_rows_wider_than_one_tile():
 COMPILE_CONFIGS = [(2, 512, 100), (2, 2048, 256)]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_kernels_compile_for_sm90_without_spills(tmp_path):
     """The three kernels for float32 and bfloat16 inputs with the launch arguments the launcher
     passes (recorded on meta tensors) and triton's runtime specialisation. The unit rows are in
-    float32 for both, so _pair_lse_kernel compiles once per config."""
+    float32 for both, so _pair_lse_kernel compiles once per config. Slow: ~20 s of compiling."""
     launches = []
     for shape, dtype in itertools.product(COMPILE_CONFIGS, (torch.float32, torch.bfloat16)):
         x = torch.empty(shape, dtype=dtype, device="meta")

@@ -8,18 +8,30 @@ padding nodes (all-zero rows and columns).
 
 from __future__ import annotations
 
+import importlib
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from budget import assert_within_budget
+from gpu_compile import (
+    check_spills,
+    compile_for_gpu,
+    format_report,
+    kernel_names,
+    record_launches,
+    unique_jobs,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from kernel_device import DEVICE, PRECISIONS, cuda_only, to_device
 
 from llm4sbr.kernels import gnn_step, gnn_step_ref, use_backend
-from llm4sbr.kernels._launch import triton_can_run
+from llm4sbr.kernels._launch import HAS_TRITON, triton_can_run
 from llm4sbr.kernels.gnn_step import GnnStepFunction
+
+gnn_step_module = importlib.import_module("llm4sbr.kernels.gnn_step")
 
 ARG_NAMES = (
     "h",
@@ -419,3 +431,46 @@ def test_non_tensor_names_the_argument() -> None:
     args[ARG_NAMES.index("b_ih")] = [0.0] * 9
     with pytest.raises(ValueError, match=r"^b_ih must be a torch.Tensor"):
         gnn_step(*args)
+
+
+# SR-GNN at d = 100 (its default), sessions of up to N = 50 distinct items, B = 512 sessions:
+# node tiles of 64, feature tiles of 128 (4 warps); gate tiles [16, 128] over B * N rows.
+COMPILE_CONFIG = dict(B=512, N=50, d=100)
+# ptxas spills for these at COMPILE_CONFIG (sm_90, triton 3.7.1): the [64, 128] tl.dot tiles
+# with float32 operands (two accumulators per program) exceed 255 registers per thread.
+MAY_SPILL = (
+    "_aggregate_fwd_kernel[",
+    "_aggregate_bwd_kernel[",
+    "_adjacency_grad_kernel[",
+    "_gate_bwd_kernel[bfloat16",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_kernels_compile_for_sm90(tmp_path: Path, dtype: torch.dtype) -> None:
+    """All five kernels with the launch arguments the launchers pass (recorded on meta tensors)
+    and triton's runtime specialisation; spills of the MAY_SPILL kernels are reported as
+    RegisterSpillWarning, any other spill fails. Slow: the float32 tl.dot tiles of the three
+    aggregation kernels take ~10-30 s each to compile."""
+    B, N, d = COMPILE_CONFIG.values()
+
+    def empty(*shape: int) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    with record_launches(gnn_step_module.__name__) as recorded:
+        A, e, bias = empty(B, N, N), empty(B, N, 2 * d), empty(d)
+        gnn_step_module._aggregate_forward(A, A, e, bias, bias)
+        gnn_step_module._aggregate_backward(A, A, e)
+        gnn_step_module._adjacency_grad(e, e)
+        gates, nodes = empty(B * N, 3 * d), empty(B * N, d)
+        gnn_step_module._gate_forward(gates, gates, nodes)
+        gnn_step_module._gate_backward(nodes, gates, gates, nodes)
+    label = f"{str(dtype).removeprefix('torch.')} B={B} N={N} d={d}"
+    jobs = unique_jobs([(label, launch) for launch in recorded])
+    assert {job["kernel"] for job in jobs} == kernel_names(gnn_step_module.__name__)
+    report = compile_for_gpu(jobs, str(tmp_path))
+    print(format_report(report))
+    assert set(report) == {job["name"] for job in jobs}
+    check_spills(report, may_spill=MAY_SPILL)

@@ -1,22 +1,27 @@
-"""linear_cross_entropy: the chunked PyTorch path and the Triton path (CPU interpreter) against the
-float64 reference, gradcheck, properties, determinism, memory, input checks and a compile for sm_90."""
+"""linear_cross_entropy: the chunked PyTorch path and the Triton path (CPU interpreter, or the GPU
+with LLM4SBR_TEST_DEVICE=cuda) against the float64 reference, gradcheck, properties, determinism,
+memory, input checks and a compile for sm_90."""
 
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import re
-import subprocess
-import sys
 from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
 import torch
 from budget import assert_within_budget
+from gpu_compile import (
+    check_spills,
+    compile_for_gpu,
+    format_report,
+    kernel_names,
+    record_launches,
+    unique_jobs,
+)
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_device import BF16_REL, PRECISIONS, cuda_only, to_device
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -50,12 +55,12 @@ SHAPES = [
 def _inputs(
     B: int, n: int, d: int, seed: int, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [B, d], weight [n, d] (logits of std ~2) and target [B] int64 in [0, n)."""
+    """x [B, d], weight [n, d] (logits of std ~2) and target [B] int64 in [0, n), on the test device."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B, d, generator=gen, dtype=torch.float64)
     weight = torch.randn(n, d, generator=gen, dtype=torch.float64) * (2.0 / d**0.5)
     target = torch.randint(0, n, (B,), generator=gen)
-    return x.to(dtype), weight.to(dtype), target
+    return to_device(x.to(dtype)), to_device(weight.to(dtype)), to_device(target)
 
 
 def _loss_fn(path: str) -> Callable[..., torch.Tensor]:
@@ -88,28 +93,35 @@ def _loss_and_grads(
 
 def _grad_out(B: int, reduction: str, seed: int) -> torch.Tensor:
     shape = (B,) if reduction == "none" else ()
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    return to_device(
+        torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    )
 
 
-def _assert_matches_reference(path, x32, w32, target, reduction, chunk_size, seed=0):
-    grad_out = _grad_out(x32.shape[0], reduction, seed)
+def _assert_matches_reference(path, x, w, target, reduction, chunk_size, seed=0, dtype=torch.float32):
+    """The path on ``dtype`` inputs (x, w cast to it) vs the reference on them and on their float64
+    values, loss and both gradients, within the budget."""
+    x, w = x.to(dtype), w.to(dtype)
+    grad_out = _grad_out(x.shape[0], reduction, seed)
     kw = dict(chunk_size=chunk_size, reduction=reduction)
-    op = _loss_and_grads(_loss_fn(path), x32, w32, target, grad_out, **kw)
-    ref32 = _loss_and_grads(_ref, x32, w32, target, grad_out, **kw)
-    ref64 = _loss_and_grads(_ref, x32.double(), w32.double(), target, grad_out, **kw)
-    for name, k, r32, r64 in zip(("loss", "grad_x", "grad_w"), op, ref32, ref64, strict=True):
-        assert k.dtype == torch.float32, name
+    op = _loss_and_grads(_loss_fn(path), x, w, target, grad_out, **kw)
+    ref_low = _loss_and_grads(_ref, x, w, target, grad_out, **kw)
+    ref64 = _loss_and_grads(_ref, x.double(), w.double(), target, grad_out, **kw)
+    rel = 1e-6 if dtype == torch.float32 else BF16_REL
+    for name, k, r_low, r64 in zip(("loss", "grad_x", "grad_w"), op, ref_low, ref64, strict=True):
+        assert k.dtype == dtype, name
         # Sums over B rows reach hundreds: the absolute slack scales with the magnitude.
-        assert_within_budget(name, k, r32, r64, atol=1e-6 * max(1.0, r64.abs().max().item()))
+        assert_within_budget(name, k, r_low, r64, atol=rel * max(1.0, r64.abs().max().item()))
 
 
+@pytest.mark.parametrize("dtype", PRECISIONS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-n{}-d{}-chunk{}".format(*s))
 @pytest.mark.parametrize("path", PATHS)
-def test_forward_and_grads_within_budget(path, shape, reduction):
+def test_forward_and_grads_within_budget(path, shape, reduction, dtype):
     B, n, d, chunk_size = shape
     x, weight, target = _inputs(B, n, d, seed=B + n + d)
-    _assert_matches_reference(path, x, weight, target, reduction, chunk_size, seed=n)
+    _assert_matches_reference(path, x, weight, target, reduction, chunk_size, seed=n, dtype=dtype)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -192,7 +204,7 @@ def test_dispatch_follows_the_backend(monkeypatch):
         monkeypatch.setattr(lce, name, spy)
     _loss_fn("torch")(x, weight, target)
     _loss_fn("triton")(x, weight, target)
-    linear_cross_entropy(x, weight, target)  # "auto" under TRITON_INTERPRET=1: Triton
+    linear_cross_entropy(x, weight, target)  # "auto" on CUDA or under TRITON_INTERPRET=1: Triton
     chunked, fused = "ChunkedLinearCrossEntropyFunction", "LinearCrossEntropyFunction"
     assert seen == [chunked, fused, fused]
 
@@ -235,7 +247,9 @@ def test_property_random_shapes_match_reference(case, path, reduction):
 def test_property_permuting_items_with_targets(case, path):
     B, n, d, chunk_size, seed = case
     x, weight, target = _inputs(B, n, d, seed)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))  # new row i = old perm[i]
+    perm = to_device(
+        torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    )  # new row i = old perm[i]
     new_target = torch.argsort(perm)[target]
     grad_out = _grad_out(B, "none", seed)
     loss, grad_x, grad_w = _loss_and_grads(_loss_fn(path), x, weight, target, grad_out, reduction="none")
@@ -252,7 +266,7 @@ def test_property_shifting_all_items_by_one_vector(case, path):
     # weight_j + c adds x_b . c to every logit of row b: the softmax, hence the loss, is unchanged.
     B, n, d, chunk_size, seed = case
     x, weight, target = _inputs(B, n, d, seed, dtype=torch.float64)
-    shift = torch.randn(d, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64)
+    shift = to_device(torch.randn(d, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64))
     fn = _loss_fn(path)
     torch.testing.assert_close(
         fn(x, weight + shift, target, chunk_size=chunk_size, reduction="none"),
@@ -368,15 +382,25 @@ def _bad_inputs():
         "target-int32": ("target", dict(x=x, weight=weight, target=target.int())),
         "target-float": ("target", dict(x=x, weight=weight, target=target.float())),
         "target-device": ("target", dict(x=x, weight=weight, target=target.to("meta"))),
-        "target-too-large": ("target", dict(x=x, weight=weight, target=torch.tensor([0, 5, 1]))),
-        "target-negative": ("target", dict(x=x, weight=weight, target=torch.tensor([0, -1, 1]))),
-        "target-ignore-index": ("target", dict(x=x, weight=weight, target=torch.tensor([-100, 1, 1]))),
+        # The range check runs for CPU tensors only (CUDA rows out of range get a NaN loss).
+        "target-too-large": ("target", dict(x=x.cpu(), weight=weight.cpu(), target=torch.tensor([0, 5, 1]))),
+        "target-negative": ("target", dict(x=x.cpu(), weight=weight.cpu(), target=torch.tensor([0, -1, 1]))),
+        "target-ignore-index": (
+            "target",
+            dict(x=x.cpu(), weight=weight.cpu(), target=torch.tensor([-100, 1, 1])),
+        ),
         "reduction": ("reduction", dict(x=x, weight=weight, target=target, reduction="max")),
         "chunk_size-zero": ("chunk_size", dict(x=x, weight=weight, target=target, chunk_size=0)),
         "chunk_size-float": ("chunk_size", dict(x=x, weight=weight, target=target, chunk_size=2.0)),
         "chunk_size-bool": ("chunk_size", dict(x=x, weight=weight, target=target, chunk_size=True)),
     }
-    return [pytest.param(arg_name, kwargs, id=case) for case, (arg_name, kwargs) in cases.items()]
+    params = [pytest.param(arg_name, kwargs, id=case) for case, (arg_name, kwargs) in cases.items()]
+    # A CPU tensor among CUDA inputs (only a CUDA run has two real devices to mix).
+    for arg_name in ("weight", "target"):
+        kwargs = dict(x=x, weight=weight, target=target)
+        kwargs[arg_name] = kwargs[arg_name].cpu()
+        params.append(pytest.param(arg_name, kwargs, id=f"{arg_name}-on-cpu", marks=cuda_only))
+    return params
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -394,92 +418,29 @@ def test_triton_path_rejects_x_beyond_int32_offsets(monkeypatch):
     _loss_fn("torch")(x, weight, target)
 
 
-# Compiles kernels of llm4sbr.kernels for a real GPU without one. The interpreter (TRITON_INTERPRET=1,
-# set by conftest before import) turns every @triton.jit function, triton's own tl.zeros & co.
-# included, into an InterpretedFunction that triton.compile cannot lower, so the compile runs in a
-# fresh interpreter with TRITON_INTERPRET=0. ptxas (bundled with triton) prints its register and
-# spill report with TRITON_DUMP_PTXAS_LOG=1; a fresh cache directory makes it run every time.
-_COMPILE_SCRIPT = r"""
-import json, os, re, sys, importlib
-import triton
-from triton.backends.compiler import GPUTarget
-
-jobs = json.loads(sys.stdin.read())
-report = {}
-for job in jobs:
-    module = importlib.import_module(job["module"])
-    kernel = getattr(module, job["kernel"])
-    constexprs = job["constexprs"]
-    signature = {
-        p.name: "constexpr" if p.is_constexpr else job["types"].get(p.name, "i32") for p in kernel.params
-    }
-    read_end, write_end = os.pipe()
-    stdout = os.dup(1)
-    os.dup2(write_end, 1)  # ptxas's log goes to the C-level stdout
-    try:
-        triton.compile(
-            triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-            target=GPUTarget("cuda", job["arch"], 32),
-            options={"num_warps": job["num_warps"]},
-        )
-    finally:
-        sys.stdout.flush()
-        os.dup2(stdout, 1)
-        os.close(write_end)
-    log = os.read(read_end, 1 << 20).decode()
-    report[job["name"]] = {
-        "registers": int(re.search(r"Used (\d+) registers", log).group(1)),
-        "spill_stores": int(re.search(r"(\d+) bytes spill stores", log).group(1)),
-    }
-print("REPORT" + json.dumps(report))
-"""
-
-
-def compile_for_gpu(jobs: list[dict], cache_dir: str, arch: int = 90) -> dict[str, dict[str, int]]:
-    """Compile Triton kernels to a cubin for sm_``arch`` (no GPU needed) in a subprocess.
-
-    Each job: name, module (e.g. "llm4sbr.kernels.attn_pool"), kernel (attribute name),
-    types ({arg: "*fp32" | "*bf16" | "*i64" | "fp32" | "i64"...}; other runtime args are "i32"),
-    constexprs ({arg: value}) and num_warps. Returns {name: {"registers", "spill_stores"}};
-    raises AssertionError with triton's error when a kernel does not compile."""
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DUMP_PTXAS_LOG="1", TRITON_CACHE_DIR=cache_dir)
-    jobs = [dict(job, arch=arch) for job in jobs]
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT],
-        input=json.dumps(jobs),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(re.search(r"^REPORT(.*)$", proc.stdout, re.M).group(1))
-
-
-def _lce_jobs(dtype: torch.dtype, name: str) -> list[dict]:
-    """The three kernels with the constexprs and warps the launcher picks for B=512, n=400k, d=100."""
-    acc = "fp64" if dtype == torch.float64 else "fp32"
-    cfg = lce._Config(B=512, N=400_000, D=100, dtype=dtype, chunk_size=None, sms=132, gpu=True)
-    types = {"x_ptr": f"*{name}", "w_ptr": f"*{name}", "target_ptr": "*i64", "grad_w_ptr": f"*{name}"}
-    for arg in ("max_ptr", "sum_ptr", "target_logit_ptr", "lse_ptr", "scale_ptr", "grad_x_ptr"):
-        types[arg] = f"*{acc}"
-    return [
-        dict(
-            name=f"{kernel}-{name}",
-            module=lce.__name__,
-            kernel=kernel,
-            types=types,
-            constexprs=cfg.constexprs(acc == "fp64", with_block_d=kernel != "_lce_fwd_kernel"),
-            num_warps=cfg.warps,
-        )
-        for kernel in ("_lce_fwd_kernel", "_lce_bwd_x_kernel", "_lce_bwd_w_kernel")
-    ]
+def _lce_launches(dtype: torch.dtype) -> list[tuple[str, dict]]:
+    """The three kernels' launches for B=512, n=400k, d=100 as on an H100/H200 (132 SMs), with
+    the constexprs, warps and arguments the launchers pass (recorded on meta tensors)."""
+    B, N, D = 512, 400_000, 100
+    x = torch.empty(B, D, dtype=dtype, device="meta")
+    weight = torch.empty(N, D, dtype=dtype, device="meta")
+    target = torch.empty(B, dtype=torch.long, device="meta")
+    cfg = lce._Config(B=B, N=N, D=D, dtype=dtype, chunk_size=None, sms=132, gpu=True)
+    with record_launches(lce.__name__) as recorded:
+        _, lse = lce._triton_forward(x, weight, target, cfg)
+        lce._triton_backward(x, weight, target, lse, torch.empty_like(lse), cfg, True, True)
+    label = f"{str(dtype).removeprefix('torch.')} B={B} n={N} d={D}"
+    return [(label, launch) for launch in recorded]
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_kernels_compile_for_sm90_without_spills(tmp_path):
-    jobs = _lce_jobs(torch.float32, "fp32") + _lce_jobs(torch.bfloat16, "bf16")
+    # Compiled in a fresh interpreter with TRITON_INTERPRET=0 (tests/kernels/gpu_compile.py), with
+    # triton's runtime specialisation of the recorded arguments.
+    jobs = unique_jobs(_lce_launches(torch.float32) + _lce_launches(torch.bfloat16))
+    assert {job["kernel"] for job in jobs} == kernel_names(lce.__name__)
+    assert len(jobs) == 6
     report = compile_for_gpu(jobs, str(tmp_path))
+    print(format_report(report))
     assert set(report) == {job["name"] for job in jobs}
-    for name, usage in report.items():
-        assert usage["spill_stores"] == 0, (name, usage)
+    check_spills(report)

@@ -7,6 +7,8 @@ Batches come from the data package's builders: ``build_session_graph`` gives the
 graphs of the references, ``build_packed_session_graph`` the packed graph of the same sessions.
 Packed nodes are the dense node slots without the padding, session after session, so node v is
 slot ``v - first[session[v]]`` of its session.
+
+Everything runs on the test device (LLM4SBR_TEST_DEVICE), the graph builders included.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from budget import assert_within_budget
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_device import DEVICE, ON_CUDA, cuda_only, to_device
 
 from llm4sbr.data.graph import PackedSessionGraph, build_packed_session_graph, build_session_graph
 from llm4sbr.kernels import (
@@ -49,12 +52,12 @@ SESSIONS = [[3, 5, 3, 5, 7], [4], [9, 9, 2], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
 
 
 def pad(sessions: list[list[int]], extra: int = 0, fill: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded item_seq [B, L] (padding = ``fill``) and item_seq_len [B]."""
+    """Right-padded item_seq [B, L] (padding = ``fill``) and item_seq_len [B], on the test device."""
     length = max(len(s) for s in sessions) + extra
     item_seq = torch.full((len(sessions), length), fill, dtype=torch.long)
     for row, session in enumerate(sessions):
         item_seq[row, : len(session)] = torch.tensor(session)
-    return item_seq, torch.tensor([len(s) for s in sessions])
+    return to_device(item_seq), to_device(torch.tensor([len(s) for s in sessions]))
 
 
 def packed_graph(sessions: list[list[int]], extra: int = 0, fill: int = 0) -> PackedSessionGraph:
@@ -65,7 +68,7 @@ def slots(graph: PackedSessionGraph, batch: int) -> torch.Tensor:
     """[T]: the dense node slot of each packed node within its session."""
     counts = torch.bincount(graph.session, minlength=batch)
     first = torch.cumsum(counts, 0) - counts
-    return torch.arange(len(graph.nodes)) - first[graph.session]
+    return torch.arange(len(graph.nodes), device=DEVICE) - first[graph.session]
 
 
 def gnn_params(d: int, seed: int) -> list[torch.Tensor]:
@@ -73,18 +76,19 @@ def gnn_params(d: int, seed: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     stdv = 1.0 / math.sqrt(d)
     shapes = [(d, d), (d,), (d, d), (d,), (d,), (d,), (3 * d, 2 * d), (3 * d,), (3 * d, d), (3 * d,)]
-    return [(torch.rand(*s, generator=gen, dtype=torch.float64) * 2 - 1) * stdv for s in shapes]
+    return [to_device((torch.rand(*s, generator=gen, dtype=torch.float64) * 2 - 1) * stdv) for s in shapes]
 
 
 def pool_params(batch: int, d: int, seed: int) -> list[torch.Tensor]:
     """q_last [B, d], w2 [d, d], b2 [d], w3 [d] in float64."""
     gen = torch.Generator().manual_seed(seed)
-    return [
+    params = [
         torch.randn(batch, d, generator=gen, dtype=torch.float64),
         torch.randn(d, d, generator=gen, dtype=torch.float64) / math.sqrt(d),
         torch.randn(d, generator=gen, dtype=torch.float64) * 0.1,
         torch.randn(d, generator=gen, dtype=torch.float64),
     ]
+    return [to_device(p) for p in params]
 
 
 def leaves(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -100,7 +104,7 @@ def packed_step(graph: PackedSessionGraph, table: torch.Tensor, params: list[tor
         h = rows[row_of_node]
     else:
         h = rows = table[graph.nodes]
-        row_of_node = torch.arange(len(graph.nodes))
+        row_of_node = torch.arange(len(graph.nodes), device=DEVICE)
     step_matrix = packed_step_matrix(
         graph.src, graph.dst, graph.in_weight, graph.out_weight, row_of_node, rows.shape[0], h.dtype
     )
@@ -128,9 +132,9 @@ def check_gnn_step_against_reference(sessions: list[list[int]], d: int, distinct
     the item table (through h and the GEMM rows) and of all 10 weights."""
     graph = packed_graph(sessions)
     gen = torch.Generator().manual_seed(seed)
-    table64 = torch.randn(N_ITEMS + 1, d, generator=gen, dtype=torch.float64)
+    table64 = to_device(torch.randn(N_ITEMS + 1, d, generator=gen, dtype=torch.float64))
     params64 = gnn_params(d, seed=seed)
-    grad_out = torch.randn(len(graph.nodes), d, generator=gen, dtype=torch.float64)
+    grad_out = to_device(torch.randn(len(graph.nodes), d, generator=gen, dtype=torch.float64))
 
     def packed(table, params):
         return packed_step(graph, table, params, distinct)
@@ -167,7 +171,9 @@ def test_distinct_item_rows_equal_node_rows_to_float64_rounding() -> None:
     """The encoder's first step (GEMM over distinct items) and its later steps' form (GEMM over
     nodes) are the same function when h = table[items]."""
     graph = packed_graph(SESSIONS)
-    table = torch.randn(N_ITEMS + 1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    table = to_device(
+        torch.randn(N_ITEMS + 1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    )
     params = gnn_params(6, seed=1)
     torch.testing.assert_close(
         packed_step(graph, table, params, distinct=True),
@@ -182,10 +188,16 @@ def test_step_matrix_layout() -> None:
     each node's own hh product row; the second matrix is its transpose."""
     graph = packed_graph([[3, 5, 3], [4]])  # nodes: (0: 3, 1: 5), (2: 4); edges 0 -> 1, 1 -> 0
     S, S_t = packed_step_matrix(
-        graph.src, graph.dst, graph.in_weight, graph.out_weight, torch.arange(3), 3, torch.float64
+        graph.src,
+        graph.dst,
+        graph.in_weight,
+        graph.out_weight,
+        torch.arange(3, device=DEVICE),
+        3,
+        torch.float64,
     )
     assert S.layout == S_t.layout == torch.sparse_csr
-    expected = torch.zeros(6, 9, dtype=torch.float64)
+    expected = torch.zeros(6, 9, dtype=torch.float64, device=DEVICE)
     expected[2 * 1, 3 * 0] = expected[2 * 0, 3 * 1] = 1.0  # in: A_in[1, 0] = A_in[0, 1] = 1
     expected[2 * 0, 3 * 1 + 1] = expected[2 * 1, 3 * 0 + 1] = 1.0  # out: A_out[0, 1] = A_out[1, 0] = 1
     for v in range(3):
@@ -198,7 +210,7 @@ def node_inputs(sessions: list[list[int]], d: int, seed: int) -> tuple[PackedSes
     """The packed graph of ``sessions`` and random node states h [T, d] in float64."""
     graph = packed_graph(sessions)
     gen = torch.Generator().manual_seed(seed)
-    return graph, torch.randn(len(graph.nodes), d, generator=gen, dtype=torch.float64)
+    return graph, to_device(torch.randn(len(graph.nodes), d, generator=gen, dtype=torch.float64))
 
 
 def dense_pool(
@@ -208,9 +220,9 @@ def dense_pool(
     packed node. h [T, d] -> [B, d]."""
     item_seq, item_seq_len = pad(sessions)
     dense = build_session_graph(item_seq, item_seq_len)
-    counts = torch.tensor([len(set(s)) for s in sessions])
+    counts = to_device(torch.tensor([len(set(s)) for s in sessions]))
     first = torch.cumsum(counts, 0) - counts
-    mask = torch.arange(item_seq.shape[1])[None, :] < item_seq_len[:, None]
+    mask = torch.arange(item_seq.shape[1], device=DEVICE)[None, :] < item_seq_len[:, None]
     seq_hidden = h[first[:, None] + dense.alias]  # padding clicks read node first[b] and are masked
     return attn_pool_ref(seq_hidden, mask, *params, normalize)
 
@@ -230,6 +242,7 @@ def test_attn_pool_packed_within_budget_of_the_reference(d: int, normalize: str)
     graph, h64 = node_inputs(SESSIONS, d, seed=d)
     params64 = pool_params(len(SESSIONS), d, seed=d + 1)
     grad_out = torch.randn(len(SESSIONS), d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    grad_out = to_device(grad_out)
 
     def packed(h, params, normalize):
         return packed_pool(graph, h, params, normalize)
@@ -268,13 +281,13 @@ def test_gradcheck_gnn_step_packed_float64(distinct: bool) -> None:
         items, row_of_node = torch.unique(graph.nodes, return_inverse=True)
         n_rows = len(items)
     else:
-        n_rows, row_of_node = len(graph.nodes), torch.arange(len(graph.nodes))
+        n_rows, row_of_node = len(graph.nodes), torch.arange(len(graph.nodes), device=DEVICE)
     step_matrix = packed_step_matrix(
         graph.src, graph.dst, graph.in_weight, graph.out_weight, row_of_node, n_rows, torch.float64
     )
     gen = torch.Generator().manual_seed(0)
-    rows = torch.randn(n_rows, 2, generator=gen, dtype=torch.float64)
-    h = torch.randn(len(graph.nodes), 2, generator=gen, dtype=torch.float64)
+    rows = to_device(torch.randn(n_rows, 2, generator=gen, dtype=torch.float64))
+    h = to_device(torch.randn(len(graph.nodes), 2, generator=gen, dtype=torch.float64))
     inputs = leaves([rows, h, *gnn_params(2, seed=0)], torch.float64)
 
     def step(rows, h, *params):
@@ -294,6 +307,15 @@ def test_gradcheck_attn_pool_packed_float64(normalize: str) -> None:
     assert torch.autograd.gradcheck(pool, inputs)
 
 
+def assert_same_result(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Bit-identical on CPU. On CUDA, index_add_ (the pooled sums) adds with atomics in no fixed
+    order, so the same sums may round differently: equal to float64 rounding there."""
+    if ON_CUDA:
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    else:
+        assert torch.equal(a, b)
+
+
 def packed_forward(graph: PackedSessionGraph, table: torch.Tensor, seed: int, normalize: str):
     """Two packed steps (distinct item rows, then node rows) and the pool, as in the encoder ->
     (h [T, d], global [B, d])."""
@@ -301,7 +323,13 @@ def packed_forward(graph: PackedSessionGraph, table: torch.Tensor, seed: int, no
     params = gnn_params(d, seed)
     h = packed_step(graph, table, params, distinct=True)
     step_matrix = packed_step_matrix(
-        graph.src, graph.dst, graph.in_weight, graph.out_weight, torch.arange(len(h)), len(h), h.dtype
+        graph.src,
+        graph.dst,
+        graph.in_weight,
+        graph.out_weight,
+        torch.arange(len(h), device=DEVICE),
+        len(h),
+        h.dtype,
     )
     h = gnn_step_packed(h, h, step_matrix, *params)
     batch = int(graph.session.max()) + 1
@@ -325,11 +353,13 @@ def test_padding_never_changes_a_result(
     sessions: list[list[int]], extra: int, fill: int, normalize: str, seed: int
 ) -> None:
     """Extra padding columns holding any item give the same packed graph and bit-identical results."""
-    table = torch.randn(N_ITEMS + 1, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    table = to_device(
+        torch.randn(N_ITEMS + 1, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
     h_a, out_a = packed_forward(packed_graph(sessions), table, seed, normalize)
     h_b, out_b = packed_forward(packed_graph(sessions, extra, fill), table, seed, normalize)
-    assert torch.equal(h_a, h_b)
-    assert torch.equal(out_a, out_b)
+    assert_same_result(h_a, h_b)
+    assert_same_result(out_a, out_b)
 
 
 @given(
@@ -345,7 +375,9 @@ def test_permuting_sessions_permutes_the_output(
     and its pooled vector are those of perm[b'] (q_last comes from each session's last node, so
     it moves with the session)."""
     perm = data.draw(st.permutations(range(len(sessions))))
-    table = torch.randn(N_ITEMS + 1, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    table = to_device(
+        torch.randn(N_ITEMS + 1, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
     graph = packed_graph(sessions)
     permuted = packed_graph([sessions[p] for p in perm])
     h, out = packed_forward(graph, table, seed, normalize)
@@ -362,7 +394,13 @@ def gnn_args(d: int = 3) -> dict[str, object]:
     graph, h = node_inputs(SESSIONS, d, seed=0)
     n = len(graph.nodes)
     step_matrix = packed_step_matrix(
-        graph.src, graph.dst, graph.in_weight, graph.out_weight, torch.arange(n), n, torch.float64
+        graph.src,
+        graph.dst,
+        graph.in_weight,
+        graph.out_weight,
+        torch.arange(n, device=DEVICE),
+        n,
+        torch.float64,
     )
     return {
         "rows": h,
@@ -393,7 +431,7 @@ def step_matrix_args() -> dict[str, object]:
         "dst": graph.dst,
         "in_weight": graph.in_weight,
         "out_weight": graph.out_weight,
-        "row_of_node": torch.arange(n),
+        "row_of_node": torch.arange(n, device=DEVICE),
         "n_rows": n,
         "dtype": torch.float64,
     }
@@ -487,3 +525,16 @@ def test_packed_step_matrix_bad_input_names_the_argument(case: str, corrupt) -> 
     args[name] = corrupt(args)
     with pytest.raises(ValueError, match=rf"^{name} "):
         packed_step_matrix(*args.values())
+
+
+@cuda_only
+@pytest.mark.parametrize(
+    ("op", "name"),
+    [("pool", "session"), ("pool", "clicks"), ("pool", "w2"), ("gnn", "rows"), ("gnn", "w_ih")],
+)
+def test_cpu_tensor_among_cuda_inputs_names_the_argument(op: str, name: str) -> None:
+    args = pool_args() if op == "pool" else gnn_args()
+    args[name] = args[name].cpu()
+    fn = attn_pool_packed if op == "pool" else gnn_step_packed
+    with pytest.raises(ValueError, match=rf"^{name} is on cpu"):
+        fn(*args.values())
