@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -113,9 +114,16 @@ def requantize(source: str | os.PathLike, quant: str, root: str | os.PathLike | 
         params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
         params.allow_requantize = True
         params.nthread = free_cores()
-        status = llama_cpp.llama_model_quantize(
-            str(source).encode(), str(scratch).encode(), ctypes.byref(params)
-        )
+        try:
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            quiet: Any = suppress_stdout_stderr(disable=False)
+        except ImportError:
+            quiet = contextlib.nullcontext()
+        with quiet:  # llama.cpp logs every tensor
+            status = llama_cpp.llama_model_quantize(
+                str(source).encode(), str(scratch).encode(), ctypes.byref(params)
+            )
         if status != 0 or not scratch.is_file():
             raise EngineUnavailable(f"llama.cpp could not quantise {source} to {quant} (status {status})")
         with atomic_writer(target) as out, open(scratch, "rb") as data:

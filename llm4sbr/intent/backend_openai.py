@@ -63,7 +63,10 @@ class OpenAIBackend:
     max_new_tokens, do_sample, top_p, seed, stop_at_newline: as for the other backends
     (greedy: ``temperature`` 0). concurrency: requests in flight. timeout: seconds per request.
     max_retries, backoff: see the module docstring. api_key: bearer token (None: the
-    :data:`API_KEY_ENV` environment variable, if set).
+    :data:`API_KEY_ENV` environment variable, if set). extra_body: fields added to every request
+    body, for settings a server takes beyond the OpenAI API (llama-cpp-python's server applies a
+    ``repeat_penalty`` of 1.1 unless told ``{"repeat_penalty": 1.0}``; vLLM takes ``top_k``,
+    ``repetition_penalty``, ...); they enter the settings, hence the cache key.
     """
 
     engine = "openai"
@@ -83,6 +86,7 @@ class OpenAIBackend:
         max_retries: int = 5,
         backoff: float = 0.5,
         api_key: str | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> None:
         if not model:
             raise ValueError(
@@ -111,6 +115,9 @@ class OpenAIBackend:
         }
         if do_sample:
             self.settings.update(top_p=top_p, seed=seed)
+        self.extra_body = dict(extra_body or {})
+        if self.extra_body:
+            self.settings["extra_body"] = self.extra_body
         self.concurrency = concurrency
         self.timeout = timeout
         self.max_retries = max_retries
@@ -133,6 +140,7 @@ class OpenAIBackend:
             body.update(temperature=1.0, top_p=self.settings["top_p"], seed=self.settings["seed"])
         else:
             body["temperature"] = 0
+        body.update(self.extra_body)
         return body
 
     def answer_from_body(self, body: Any) -> str:

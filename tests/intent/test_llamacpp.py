@@ -93,6 +93,7 @@ def test_missing_llama_cpp_falls_back_to_transformers_with_one_warning(
         make_backend("llamacpp")  # asked for explicitly: no fallback
 
 
+@pytest.mark.slow
 @needs_llama_cpp
 def test_llama_cpp_is_the_default_on_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LLM4SBR_CACHE_DIR", str(tmp_path))
@@ -106,6 +107,7 @@ def test_llama_cpp_is_the_default_on_cpu(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert make_backend("llamacpp", gguf_quant="none").precision == "gguf"
 
 
+@pytest.mark.slow
 @needs_llama_cpp
 def test_requantised_once_atomically_under_the_source_hash(q4_0: Path) -> None:
     from llm4sbr.intent.backend_llamacpp import file_sha256
@@ -123,6 +125,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
+@pytest.mark.slow
 @needs_llama_cpp
 def test_kv_cache_reuse_is_counted_and_changes_no_answer(q4_0: Path) -> None:
     prompts = real_prompts()
@@ -145,17 +148,24 @@ def test_kv_cache_reuse_is_counted_and_changes_no_answer(q4_0: Path) -> None:
     assert all(answer.strip() and "\n" not in answer for answer in reused)
 
 
+@pytest.mark.slow
 @needs_llama_cpp
 def test_chat_template_matches_transformers(engine: LlamaCppBackend) -> None:
-    pytest.importorskip("transformers")
+    """The same text and token ids as the transformers engine's chat template and tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
     smollm2 = make_backend("smollm2", precision="fp32", device="cpu")
-    smollm2._load()
+    source = smollm2.model_path
+    smollm2._tokenizer = transformers.AutoTokenizer.from_pretrained(
+        source.parent, gguf_file=source.name, local_files_only=True
+    )
     prompt = real_prompts()[3]
     assert engine.chat_text(prompt) == smollm2._chat(prompt)
     ids = smollm2._tokenizer(smollm2._chat(prompt), add_special_tokens=False)["input_ids"]
     assert engine.tokens(prompt) == ids
 
 
+@pytest.mark.slow
 @needs_llama_cpp
 def test_stage_one_contract(engine: LlamaCppBackend, tmp_path: Path) -> None:
     config = IntentConfig(backend="llamacpp", encoder="fake", max_new_tokens=12, batch_size=4)
@@ -171,6 +181,7 @@ def test_stage_one_contract(engine: LlamaCppBackend, tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(again.vectors), np.asarray(result.vectors))
 
 
+@pytest.mark.slow
 @needs_llama_cpp
 def test_answers_of_different_engines_never_mix(
     engine: LlamaCppBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -186,6 +197,7 @@ def test_answers_of_different_engines_never_mix(
     assert len(keys) == 3
 
 
+@pytest.mark.slow
 @needs_llama_cpp
 def test_too_long_a_prompt_is_explained(q4_0: Path) -> None:
     small = LlamaCppBackend(q4_0, quant=None, threads=1, n_ctx=64, max_new_tokens=4)

@@ -238,7 +238,7 @@ def test_against_the_real_llama_cpp_server(tmp_path: Path) -> None:
     from llm4sbr.intent import LlamaCppBackend
     from llm4sbr.intent.hf import bundled_smollm2
 
-    local = LlamaCppBackend(bundled_smollm2(), "Q4_0", threads=1, max_new_tokens=12)
+    local = LlamaCppBackend(bundled_smollm2(), "Q4_0", threads=1, max_new_tokens=12, cache_dir=tmp_path)
     port = _free_port()
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(local.model_path),
@@ -252,7 +252,12 @@ def test_against_the_real_llama_cpp_server(tmp_path: Path) -> None:
     )
     try:
         backend = OpenAIBackend(
-            "smollm2-q4_0", f"http://127.0.0.1:{port}/v1", max_new_tokens=12, concurrency=1, backoff=0.5
+            "smollm2-q4_0",
+            f"http://127.0.0.1:{port}/v1",
+            max_new_tokens=12,
+            concurrency=1,
+            backoff=0.5,
+            extra_body={"repeat_penalty": 1.0},  # this server's default is 1.1
         )
         deadline = time.monotonic() + 120
         while True:  # wait until the server answers
