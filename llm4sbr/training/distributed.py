@@ -70,6 +70,10 @@ def process_group(device: torch.device) -> Iterator[DistributedEnv]:
         yield env
     finally:
         if created:
+            # Tear down together: a rank that destroys its group while a peer still talks to it
+            # can abort the peer at exit.
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
             dist.destroy_process_group()
 
 
