@@ -94,6 +94,7 @@ class TransformersBackend:
     The model is loaded on the first :meth:`generate` call, so a fully cached run never loads it.
     """
 
+    engine = "transformers"
     prompt_order = "length"
     """Padded batches want prompts of similar length together (see :mod:`.order`)."""
 
