@@ -1,0 +1,64 @@
+"""A/B of one SRGNN training epoch between another checkout of llm4sbr and this one, run in
+alternation in fresh processes (RecBole's ml-100k leave-one-out split, 97,171 samples).
+
+    python -m bench.ab_epoch --other /path/to/old/checkout --threads 1 --repeats 2
+
+The other checkout is imported through PYTHONPATH (its ``kernels/`` folder must be reachable
+as ``llm4sbr/kernels``: the script links it). Prints one JSON line per run with the epoch
+seconds, the test hit@20 (equal bits mean the same training) and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = r"""
+import json, sys, tempfile, torch
+threads = int(sys.argv[1])
+torch.set_num_threads(threads)
+from llm4sbr.config import TrainConfig
+try:
+    from llm4sbr.training import train
+    from llm4sbr.data import run_dataset
+except ImportError:  # checkouts before the training/ package
+    from llm4sbr.train import train, run_dataset
+config = TrainConfig(model="srgnn", preset="leave-one-out", epochs=1, threads=threads, device="cpu")
+dataset = run_dataset(config)
+with tempfile.TemporaryDirectory() as out:
+    result = train(config, out, dataset=dataset, progress=False)
+print(json.dumps({"epoch_s": result.epoch_seconds[0], "test_hit20": result.test["hit@20"]}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--other", required=True, help="the other llm4sbr checkout")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    other = Path(args.other).resolve()
+    link = other / "llm4sbr" / "kernels"
+    if not link.exists():
+        link.symlink_to(other / "kernels")
+    for threads in args.threads:
+        for repeat in range(args.repeats):
+            for side in ("other", "this"):
+                env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+                if side == "other":
+                    env["PYTHONPATH"] = str(other)
+                load = os.getloadavg()[0]
+                command = [sys.executable, "-c", WORKER, str(threads)]
+                done = subprocess.run(command, env=env, capture_output=True, text=True, cwd="/")
+                lines = done.stdout.strip().splitlines()
+                record = json.loads(lines[-1]) if lines else {"error": done.stderr[-2000:]}
+                run = {"side": side, "threads": threads, "repeat": repeat, "load": load}
+                print(json.dumps({**run, **record}))
+
+
+if __name__ == "__main__":
+    main()
