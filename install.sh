@@ -52,7 +52,7 @@ if [ -n "$LLAMA_CPP_SPEC" ]; then
     LLAMA_PID=""
     tail -n 30 "$LLAMA_LOG" >&2
     echo "install.sh: building $LLAMA_CPP_SPEC failed (log: $LLAMA_LOG); stage 1 will use the slower" \
-      "transformers engine. Retry with: ./install.sh" >&2
+      "transformers engine. Retry with: bash install.sh" >&2
   else
     [ -z "$LLAMA_PID" ] || echo "llama-cpp-python built (waited $((SECONDS - start)) s for it)"
     LLAMA_PID=""

@@ -18,16 +18,16 @@ class IntentConfig:
 
     backend: "smollm2" (the bundled SmolLM2-135M-Instruct GGUF: 4-bit on llama.cpp on CPU when
     llama-cpp-python is installed, else transformers), "llamacpp" (``model`` is a .gguf file,
-    default the bundled one), "transformers" (``model`` is a local folder or .gguf file),
-    "openai" (``model`` is the name an OpenAI-compatible server or batch engine serves) or "fake"
-    (tests). precision: transformers engine only: "4bit", "8bit", "bf16", "fp16" or "fp32";
-    None picks 4bit on CUDA and fp32 on CPU. batch_size: prompts per generation batch and per
-    cache write. max_new_tokens: generation cap. max_prompt_items: show only the last N clicks
-    of a prefix (None shows all, as the paper). r: catalog items per localized intent (0 keeps
-    the raw answer embedding). localize_reduce: "sum" (paper) or "mean" (authors' code).
-    encoder: local encoder folder, None for the bundled all-MiniLM-L6-v2, "fake" for the hashing
-    stand-in. limit: process only the first N samples of each split (the outputs then cover
-    exactly those samples). cache_dir: answer cache (None: ``<out_dir>/answer_cache``).
+    default the bundled one), "transformers" (``model`` is a local folder or .gguf file), "openai"
+    (``model`` is the name an OpenAI-compatible server or batch engine serves) or "fake" (tests).
+    precision: transformers engine only: "4bit", "8bit", "bf16", "fp16" or "fp32"; None picks 4bit
+    on CUDA and fp32 on CPU. batch_size: prompts per generation batch of the transformers engine,
+    and answers per cache write (all engines). max_new_tokens: generation cap. max_prompt_items:
+    show only the last N clicks of a prefix (None shows all, as the paper). r: catalog items per
+    localized intent (0 keeps the raw answer embedding). localize_reduce: "sum" (paper) or "mean"
+    (authors' code). encoder: local encoder folder, None for the bundled all-MiniLM-L6-v2, "fake"
+    for the hashing stand-in. limit: process only the first N samples of each split (the outputs
+    then cover exactly those samples). cache_dir: answer cache (None: ``<out_dir>/answer_cache``).
     seed: sampling seed (used only when do_sample). device: torch device (None: CUDA when
     available). do_sample: sample with top_p 0.8 instead of greedy decoding. stop_at_newline: stop
     each answer at the end of its first non-empty line.
@@ -159,7 +159,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cache the answers of a batch engine's output file (JSONL) before generating",
         metavar="FILE.jsonl",
     )
-    add("batch_size", f"prompts per generation batch (default {d.batch_size})", type=int)
+    add(
+        "batch_size",
+        f"prompts per transformers batch; answers per cache write (default {d.batch_size})",
+        type=int,
+    )
     add("max_new_tokens", f"generation cap per answer (default {d.max_new_tokens})", type=int)
     add("max_prompt_items", "show only the last N clicks in a prompt (default: all, as the paper)", type=int)
     add("r", f"catalog items per localized intent; 0 keeps the raw answer (default {d.r})", type=int)
