@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -284,11 +285,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError) as exc:
-        print(f"llm4sbr {args.command}: error: {exc}", file=sys.stderr)
+        if _reports_errors():
+            print(f"llm4sbr {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nllm4sbr {args.command}: interrupted. {RESUME_HINTS[args.command]}", file=sys.stderr)
+        if _reports_errors():
+            print(f"\nllm4sbr {args.command}: interrupted. {RESUME_HINTS[args.command]}", file=sys.stderr)
         return 130
+
+
+def _reports_errors() -> bool:
+    """Whether this process prints an input error or an interruption: under torchrun every rank
+    checks the same flags and files (and gets the same Ctrl-C), so only rank 0 says it once;
+    torchrun reports every rank's exit status."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":

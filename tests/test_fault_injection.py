@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fakes import write_log
 
 pytestmark = [
     pytest.mark.slow,
@@ -187,23 +188,6 @@ def zygote(tmp_path_factory):
     z = Zygote(tmp_path_factory.mktemp("zygote"))
     yield z
     z.close()
-
-
-def write_log(folder: Path, n_sessions: int = 60, n_items: int = 25, seed: int = 0) -> Path:
-    """A RecBole click log (``tiny.inter``, with item names in ``tiny.item``) for the ``srgnn``
-    preset: one session every 12 hours, so the last 7 days are test; a few clicks each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = ["session_id:token\titem_id:token\ttimestamp:float"]
-    for s in range(n_sessions):
-        t, item = 1_000_000 + s * 43_200, int(rng.integers(n_items))
-        for j in range(int(rng.integers(3, 6))):
-            item = (item + int(rng.choice([0, 1, 1, 2]))) % n_items
-            rows.append(f"{s}\ti{item}\t{t + 60 * j}")
-    (folder / "tiny.inter").write_text("\n".join(rows) + "\n")
-    names = [f"i{i}\tMovie {i} about topic {i % 5}" for i in range(n_items)]
-    (folder / "tiny.item").write_text("item_id:token\ttitle:token_seq\n" + "\n".join(names) + "\n")
-    return folder
 
 
 @pytest.fixture(scope="module")

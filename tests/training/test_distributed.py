@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.distributed as dist
-from fakes import tiny_dataset
+from fakes import tiny_dataset, write_log
 
 from llm4sbr.checkpoint import load_checkpoint
+from llm4sbr.cli import main
 from llm4sbr.config import TrainConfig
 from llm4sbr.data import make_loader
 from llm4sbr.kernels import use_backend
@@ -83,13 +84,42 @@ def test_shards_of_one_process_are_make_loaders_batches():
         np.testing.assert_array_equal(samples.sample_ids[positions], ids)
 
 
-def test_two_processes_train_like_one(tmp_path):
+def torchrun_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def test_torchrun_cli_exits_cleanly_and_reports_an_input_error_once(tmp_path):
+    """Both ranks leave together (exit 0, no abort at teardown); a rerun into the same folder is
+    refused, and the refusal is printed once, not once per rank."""
+    data = write_log(tmp_path / "tiny")
+    command = TORCHRUN + ["-m", "llm4sbr", "train", "--data", str(data), "--preset", "srgnn"]
+    command += ["--out", str(tmp_path / "run"), "--epochs", "2", "--dim", "8", "--device", "cpu", "--quiet"]
+    first = subprocess.run(command, env=torchrun_env(), capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "terminate called" not in first.stderr
+    assert first.stdout.count("checkpoint:") == 1  # rank 0 prints the results
+    again = subprocess.run(command, env=torchrun_env(), capture_output=True, text=True, timeout=240)
+    assert again.returncode != 0
+    assert again.stderr.count("already holds a run") == 1, again.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("rank", "printed"), [("0", True), ("1", False)])
+def test_only_rank_zero_prints_an_input_error(tmp_path, monkeypatch, capsys, rank, printed):
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train", "--data", str(tmp_path / "nowhere.csv"), "--out", str(tmp_path / "r")]) == 2
+    assert ("nowhere.csv" in capsys.readouterr().err) is printed
+
+
+def test_two_processes_train_like_one(tmp_path):
+    env = torchrun_env()
     # The script imports the shared test helpers (tests/fakes.py).
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += [__file__, str(tmp_path / "ddp")]
+    command = TORCHRUN + [__file__, str(tmp_path / "ddp")]
     (tmp_path / "ddp").mkdir()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
