@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from llm4sbr.intent import localize
+from llm4sbr.intent.localize import top_r_similar
 
 # Four catalog items; the answer is closest to rows 3 and 2, so the top-2 are NOT the first two rows.
 CATALOG = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0], [3.0, 4.0, 0.0], [2.0, 0.0, 0.0]], dtype=np.float32)
@@ -50,7 +56,7 @@ def test_scale_of_the_answer_does_not_matter_and_rows_are_independent() -> None:
     answers = rng.normal(size=(7, 3)).astype(np.float32)
     full = localize(answers, CATALOG, r=3)
     np.testing.assert_allclose(localize(answers * 3.5, CATALOG, r=3), full, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(localize(answers, CATALOG, r=3, chunk_rows=2), full, rtol=1e-6)
+    np.testing.assert_allclose(localize(answers, CATALOG, r=3, block_elements=2), full, rtol=1e-6)
     for i in range(len(answers)):
         sims = CATALOG @ answers[i] / np.linalg.norm(CATALOG, axis=1) / np.linalg.norm(answers[i])
         top = np.argsort(-sims)[:3]
@@ -66,3 +72,49 @@ def test_invalid_arguments() -> None:
         localize(ANSWER, np.zeros((0, 3), np.float32))
     with pytest.raises(ValueError, match="expected"):
         localize(ANSWER, np.zeros((4, 2), np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    n=st.integers(1, 40),
+    r=st.integers(1, 12),
+    column_chunk=st.integers(1, 45),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_top_r_is_the_top_r_of_the_whole_catalog(m, n, r, column_chunk, seed) -> None:
+    """Merging per-chunk top-r lists gives the global top r, for chunks smaller or larger than r."""
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(m, 4)).astype(np.float32)
+    catalog = rng.normal(size=(n, 4)).astype(np.float32)
+    r = min(r, n)
+    sims, idx = top_r_similar(rows, catalog, r, column_chunk)
+    assert sims.shape == idx.shape == (m, r)
+    full = rows @ catalog.T
+    np.testing.assert_allclose(np.take_along_axis(full, idx, axis=1), sims, rtol=1e-6, atol=1e-6)
+    for i in range(m):
+        assert len(set(idx[i].tolist())) == r
+        np.testing.assert_allclose(np.sort(sims[i]), np.sort(full[i])[-r:], rtol=1e-6, atol=1e-6)
+
+
+def test_memory_of_a_block_does_not_grow_with_the_catalog() -> None:
+    """Every similarity block localize builds stays within block_elements, at any catalog size."""
+    module = importlib.import_module("llm4sbr.intent.localize")
+
+    seen = []
+    original = module._top_r
+
+    def recording(sims, r):
+        seen.append(sims.size)
+        return original(sims, r)
+
+    rng = np.random.default_rng(1)
+    answers = rng.normal(size=(50, 8)).astype(np.float32)
+    catalog = rng.normal(size=(3000, 8)).astype(np.float32)
+    module._top_r = recording
+    try:
+        blocked = localize(answers, catalog, r=5, block_elements=4096)
+    finally:
+        module._top_r = original
+    assert max(seen) <= 4096
+    np.testing.assert_allclose(blocked, localize(answers, catalog, r=5), rtol=1e-5, atol=1e-6)
