@@ -18,7 +18,9 @@ Torch path (CPU by default, and everywhere under ``use_backend("torch")``): the 
 in PyTorch, ``chunk_size`` rows of weight at a time; the forward merges the chunks' lse with
 ``logaddexp`` and takes the target logit as (x * weight[target]).sum(-1). Memory beyond the
 inputs and gradients is O(B * chunk_size). The default chunk keeps a [B, chunk] float tensor
-under 64 MiB.
+under 64 MiB. When the whole catalog is one chunk, the forward keeps softmax - onehot for
+backward instead of recomputing the logits, so small catalogs cost the 3 GEMMs of the unfused
+graph rather than 4.
 
 Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
 
@@ -482,7 +484,8 @@ def default_chunk_size(B: int, n_items: int, dtype: torch.dtype) -> int:
 
 
 class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
-    """PyTorch forward and backward over item chunks; saves x, weight, target and lse only."""
+    """PyTorch forward and backward over item chunks; saves x, weight, target and lse only
+    (and, for a single chunk, softmax - onehot instead of lse)."""
 
     @staticmethod
     def forward(
@@ -497,15 +500,28 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
         chunk = chunk_size or default_chunk_size(B, N, x.dtype)
         acc_dtype = accumulator_dtype(x.dtype)
         xa = x.to(acc_dtype)
-        lse = torch.full((B,), float("-inf"), dtype=acc_dtype, device=x.device)
-        for start in range(0, N, chunk):
-            logits = xa @ weight[start : start + chunk].to(acc_dtype).T
-            lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
-        # clamp keeps the gather in range on any device; such rows become NaN just below.
-        target_logit = (xa * weight[target.clamp(0, N - 1)].to(acc_dtype)).sum(dim=1)
-        loss_rows = _nan_out_of_range(lse - target_logit, target, N)
         ctx.chunk = chunk
         ctx.reduction = reduction
+        ctx.softmax = None
+        # clamp keeps the gathers in range on any device; such rows become NaN below.
+        clamped = target.clamp(0, N - 1)
+        if N <= chunk:
+            # One chunk: its logits fit the memory bound anyway, so keep softmax - onehot for
+            # backward instead of recomputing the logits there (3 GEMMs in all, as unfused).
+            log_probs = torch.log_softmax(xa @ weight.to(acc_dtype).T, dim=1)
+            loss_rows = -log_probs.gather(1, clamped[:, None])[:, 0]
+            if any(ctx.needs_input_grad[:2]):
+                softmax = log_probs.exp_()
+                _subtract_onehot(softmax, target, 0)
+                ctx.softmax = softmax
+            lse = torch.empty(0, dtype=acc_dtype, device=x.device)
+        else:
+            lse = torch.full((B,), float("-inf"), dtype=acc_dtype, device=x.device)
+            for start in range(0, N, chunk):
+                logits = xa @ weight[start : start + chunk].to(acc_dtype).T
+                lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
+            loss_rows = lse - (xa * weight[clamped].to(acc_dtype)).sum(dim=1)
+        loss_rows = _nan_out_of_range(loss_rows, target, N)
         ctx.save_for_backward(x, weight, target, lse)
         return _reduce(loss_rows, reduction).to(x.dtype)
 
@@ -518,21 +534,32 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
         acc_dtype = lse.dtype
         xa = x.to(acc_dtype)
         scale = _row_scale(grad_output, B, ctx.reduction, acc_dtype)[:, None]
+        if ctx.softmax is not None:
+            grad, ctx.softmax = ctx.softmax.mul_(scale), None
+            w = weight.to(acc_dtype)
+            grad_x = (grad @ w).to(x.dtype) if need_x else None
+            grad_w = (grad.T @ xa).to(weight.dtype) if need_w else None
+            return grad_x, grad_w, None, None, None
         grad_x = torch.zeros_like(xa) if need_x else None
         grad_w = torch.empty_like(weight) if need_w else None
         for start in range(0, N, ctx.chunk):
             w = weight[start : start + ctx.chunk].to(acc_dtype)
             grad = torch.exp(xa @ w.T - lse[:, None])
-            # - onehot: the rows whose target falls in this chunk, without a host sync.
-            in_chunk = (target >= start) & (target < start + w.shape[0])
-            col = (target - start).clamp(0, w.shape[0] - 1)[:, None]
-            grad.scatter_add_(1, col, -in_chunk.to(acc_dtype)[:, None])
+            _subtract_onehot(grad, target, start)
             grad *= scale
             if need_x:
                 grad_x += grad @ w
             if need_w:
                 grad_w[start : start + w.shape[0]] = (grad.T @ xa).to(weight.dtype)
         return (grad_x.to(x.dtype) if need_x else None), grad_w, None, None, None
+
+
+def _subtract_onehot(grad: torch.Tensor, target: torch.Tensor, start: int) -> None:
+    """grad [B, c] (items start..start+c-1) -= onehot(target), in place, for the rows whose
+    target falls in this chunk, without a host sync."""
+    in_chunk = (target >= start) & (target < start + grad.shape[1])
+    col = (target - start).clamp(0, grad.shape[1] - 1)[:, None]
+    grad.scatter_add_(1, col, -in_chunk.to(grad.dtype)[:, None])
 
 
 def linear_cross_entropy_ref(

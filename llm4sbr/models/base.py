@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llm4sbr.data.graph import SessionGraph
+from llm4sbr.kernels import linear_cross_entropy
 from llm4sbr.models.encoder import SessionGraphEncoder
 
 GRAPH_KEYS = ("graph_nodes", "graph_alias", "graph_A_in", "graph_A_out")
@@ -56,8 +56,12 @@ class SessionModel(nn.Module):
         raise NotImplementedError
 
     def recommendation_loss(self, session: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Softmax cross-entropy of ``batch["target"]`` over every item (docs/method.md §3.5)."""
-        return F.cross_entropy(upcast(self.encoder.item_scores(session)), batch["target"] - 1)
+        """Softmax cross-entropy of ``batch["target"]`` over every item (docs/method.md §3.5),
+        by the fused scoring head: the [B, n_items] logits and their gradient are never held
+        whole, so memory does not grow with batch x catalog. Under autocast the item table
+        takes the session's dtype, as the unfused matmul would."""
+        items = self.encoder.embedding.weight[1:]
+        return linear_cross_entropy(session, items.to(session.dtype), batch["target"] - 1)
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of a batch (a scalar)."""
@@ -69,6 +73,7 @@ class SessionModel(nn.Module):
 
     def full_sort_predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores over every item -> [B, n_items + 1], column = item id, column 0 (padding) = -inf."""
-        logits = self.encoder.item_scores(self.forward(batch))
-        pad = torch.full((logits.shape[0], 1), float("-inf"), dtype=logits.dtype, device=logits.device)
-        return torch.cat([pad, logits], dim=1)
+        # Scoring the padding row too and overwriting it avoids a copy of the [B, n_items] scores.
+        scores = self.forward(batch) @ self.encoder.embedding.weight.T
+        scores[:, 0] = float("-inf")
+        return scores

@@ -145,11 +145,12 @@ def test_half_precision_inputs(path, dtype):
         torch.testing.assert_close(k.double(), r, rtol=tol, atol=tol, msg=name)
 
 
+@pytest.mark.parametrize("chunk_size", [3, None])  # several chunks; one (softmax kept for backward)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_gradcheck_chunked_float64(reduction):
+def test_gradcheck_chunked_float64(reduction, chunk_size):
     x, weight, target = _inputs(3, 7, 4, seed=12, dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda a, w: _loss_fn("torch")(a, w, target, chunk_size=3, reduction=reduction),
+        lambda a, w: _loss_fn("torch")(a, w, target, chunk_size=chunk_size, reduction=reduction),
         (x.requires_grad_(), weight.requires_grad_()),
     )
 
