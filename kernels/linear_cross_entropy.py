@@ -514,7 +514,7 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
                 softmax = log_probs.exp_()
                 _subtract_onehot(softmax, target, 0)
                 ctx.softmax = softmax
-            lse = torch.empty(0, dtype=acc_dtype, device=x.device)
+            lse = torch.empty(0, dtype=acc_dtype, device=x.device)  # backward uses the softmax
         else:
             lse = torch.full((B,), float("-inf"), dtype=acc_dtype, device=x.device)
             for start in range(0, N, chunk):
@@ -535,7 +535,7 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
         xa = x.to(acc_dtype)
         scale = _row_scale(grad_output, B, ctx.reduction, acc_dtype)[:, None]
         if ctx.softmax is not None:
-            grad, ctx.softmax = ctx.softmax.mul_(scale), None
+            grad = ctx.softmax * scale  # not in place: a second backward (retain_graph) reuses it
             w = weight.to(acc_dtype)
             grad_x = (grad @ w).to(x.dtype) if need_x else None
             grad_w = (grad.T @ xa).to(weight.dtype) if need_w else None
