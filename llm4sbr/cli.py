@@ -140,6 +140,10 @@ def _cmd_infer_intents(args: argparse.Namespace) -> int:
         f"wrote {result.out_dir}/intents.npy {list(result.vectors.shape)}: {counts['generated']} prompts "
         f"generated, {counts['from_cache']} from cache, {timing['prompts_per_s']} prompts/s"
     )
+    if result.meta["budget"] is not None:
+        filled = result.meta["budget"]["filled_by_prediction"]["total"]
+        llm = counts["llm_samples"]
+        print(f"--llm-budget: {llm} samples from the LLM, {filled} predicted (from_llm.npy)")
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from llm4sbr.atomic import write_atomic
 from llm4sbr.config import TrainConfig
 from llm4sbr.data import SessionDataset, run_dataset
-from llm4sbr.intent import IntentConfig, infer_intents
+from llm4sbr.intent import IntentConfig, infer_intents, llm_sample_count
 from llm4sbr.intent.predictor import PREDICTOR_FILE
 from llm4sbr.training import StaleRunError, TrainResult, evaluate_paths, train, train_intent_predictor
 
@@ -116,13 +116,17 @@ def run_pipeline(
     """Stage 1 on ``train_config.data`` / ``preset``, then stage 2 for ``train_config.seed`` (or
     once per seed of ``seeds``, each in ``out/seed<S>``). Writes ``out/summary.json`` and
     ``out/summary.md``; returns {"intents": stage-1 meta, "results": ..., "table": markdown,
-    "heading": what the table shows}. Rerunning resumes where it stopped."""
+    "heading": what the table shows}. Rerunning resumes where it stopped. With
+    ``intent_config.llm_budget`` stage 1 asks the LLM for the budget's train and valid samples
+    only (the same ones whatever the seed) and predicts the other samples' intents."""
     out = Path(out)
     if seeds and intent_config.limit is not None:
         raise ValueError("--limit cannot be combined with --seeds: each seed carves another validation split")
     first = seeds[0] if seeds else train_config.seed
     dataset = run_dataset(dataclasses.replace(train_config, seed=first))
-    print(f"[1/4] intents for {sum(len(s) for s in dataset.splits.values())} samples -> {out / 'intents'}")
+    samples, to_llm = llm_sample_count(dataset, intent_config)
+    asked = "all from the LLM" if to_llm == samples else f"{to_llm} from the LLM, the rest predicted"
+    print(f"[1/4] intents for {samples} samples ({asked}) -> {out / 'intents'}")
     intents = infer_intents(dataset, intent_config, out / "intents", progress=progress)
     if not seeds:
         results = _stage2(train_config, dataset, intents.out_dir, out, progress)

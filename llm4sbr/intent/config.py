@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 from .backend_llamacpp import QUANTS
 from .backends import BACKENDS, PRECISIONS
+from .budget import check_budget, parse_budget
 from .localize import REDUCTIONS
 
 GGUF_QUANTS = (*QUANTS, "none")
@@ -39,6 +40,10 @@ class IntentConfig:
     prompts without a cached answer as an OpenAI batch-format JSONL file and stop.
     import_responses: put the answers of a batch engine's output file into the cache first.
     Both need backend "openai" (its model name and settings name the answers).
+    llm_budget: None asks the LLM for every sample; otherwise only for part of the train and
+    valid samples, a fraction in (0, 1] (1 = all of them) or an integer count > 1, chosen by a
+    stratified, nested rule seeded with ``seed``; the other samples' intents (test included) are
+    predicted from those (:mod:`llm4sbr.intent.budget`).
     """
 
     backend: str = "smollm2"
@@ -64,8 +69,10 @@ class IntentConfig:
     max_retries: int = 5
     export_requests: str | None = None
     import_responses: str | None = None
+    llm_budget: float | None = None
 
     def __post_init__(self) -> None:
+        self.llm_budget = check_budget(self.llm_budget)
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
@@ -108,6 +115,13 @@ PREFIXED = ("model", "batch_size", "seed", "device", "threads", "concurrency")
 
 def _flag(name: str) -> str:
     return "--" + ("llm_" + name if name in PREFIXED else name).replace("_", "-")
+
+
+def _budget_argument(text: str) -> float:
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,8 +185,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("encoder", "sentence-encoder folder (default: bundled all-MiniLM-L6-v2; 'fake' for tests)")
     add("limit", "process only the first N samples of each split", type=int)
     add("cache_dir", "answer cache folder (default: <out>/answer_cache)")
-    add("seed", f"sampling seed, used with --do-sample (default {d.seed})", type=int)
+    add(
+        "seed",
+        f"sampling seed, used with --do-sample; also seeds --llm-budget's selection and fill "
+        f"(default {d.seed})",
+        type=int,
+    )
     add("device", "torch device of the LLM (default: CUDA when available)")
+    group.add_argument(
+        "--llm-budget",
+        dest="llm_budget",
+        type=_budget_argument,
+        default=d.llm_budget,
+        metavar="B",
+        help="ask the LLM only for part of the train+valid samples: a fraction in (0, 1] (1 = all) "
+        "or an integer count > 1, stratified by prefix length and last-item popularity, nested "
+        "(a larger budget keeps the smaller one's samples); the other samples' intents, test "
+        "included, are predicted from those; from_llm.npy marks the LLM rows (default: every "
+        "sample goes to the LLM)",
+    )
     group.add_argument(
         "--do-sample", action="store_true", help="sample (top_p 0.8) instead of greedy decoding"
     )

@@ -16,6 +16,11 @@ cached first (:mod:`llm4sbr.intent.requests_io`; rejected lines are reported wit
 :class:`ImportProblemWarning` and in meta.json). Prompts still without an answer are then
 asked from ``config.base_url``; without a server the run stops with a ValueError that counts
 them and says to export them again (a second export holds only those).
+
+LLM budget (``config.llm_budget``, :mod:`llm4sbr.intent.budget`): only the selected train and
+valid samples are prompted (the batch files, too, hold only theirs); after their answers are
+encoded and localized, a predictor trained on their vectors fills every other row, and
+``from_llm.npy`` and meta.json's ``budget`` record say which rows came from where.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +39,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.dataset import SessionDataset
+from ..data.dataset import SampleSet, SessionDataset
 from .backend_base import batched_stream
 from .backend_openai import OpenAIBackend
 from .backends import Backend, make_backend, postprocess_answer
+from .budget import MIN_LLM_SAMPLES, POOL_SPLITS, BudgetPlan, FillPredictor, fit_fill_predictor, plan_budget
 from .cache import OPTIONAL_STAT_FIELDS, STAT_FIELDS, AnswerCache, answer_key
 from .config import IntentConfig
 from .encode import Encoder, make_encoder
@@ -50,6 +57,7 @@ from .store import (
     standard_meta,
     write_answers,
     write_catalog,
+    write_from_llm,
     write_intents,
     write_meta,
     write_sample_ids,
@@ -73,19 +81,68 @@ class IntentResult:
     meta: dict[str, Any]
 
 
-def _selected_samples(
-    dataset: SessionDataset, limit: int | None
-) -> tuple[list[np.ndarray], np.ndarray, dict]:
-    prefixes, ids, counts = [], [], {}
+@dataclass
+class _Rows:
+    """The samples stage 1 processes, split by split: ``samples`` (every row, in output order),
+    ``in_pool`` [n] bool (rows of the budget's pool splits) and ``split_counts``."""
+
+    samples: SampleSet
+    in_pool: np.ndarray
+    split_counts: dict[str, int]
+
+
+def _concat(parts: list[SampleSet]) -> SampleSet:
+    """The samples of ``parts``, one after the other, as one SampleSet."""
+    offsets, items, base = [np.zeros(1, np.int64)], [], 0
+    for part in parts:
+        start = int(part.offsets[0])
+        offsets.append(part.offsets[1:] - start + base)
+        items.append(part.items[start : part.offsets[-1]])
+        base += int(part.offsets[-1]) - start
+    return SampleSet(
+        np.concatenate(offsets).astype(np.int64),
+        np.concatenate(items).astype(np.int64) if items else np.zeros(0, np.int64),
+        np.concatenate([p.targets for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
+        np.concatenate([p.sample_ids for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64),
+    )
+
+
+def _selected_samples(dataset: SessionDataset, limit: int | None) -> _Rows:
+    parts, in_pool, counts = [], [], {}
     for split, samples in dataset.splits.items():
         n = len(samples) if limit is None else min(limit, len(samples))
-        prefixes += [samples.prefix(i) for i in range(n)]
-        ids.append(samples.sample_ids[:n])
+        parts.append(samples if n == len(samples) else samples.subset(np.arange(n)))
+        in_pool.append(np.full(n, split in POOL_SPLITS))
         counts[split] = n
-    sample_ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
-    if len(np.unique(sample_ids)) != len(sample_ids):
+    rows = _concat(parts)
+    if len(np.unique(rows.sample_ids)) != len(rows.sample_ids):
         raise ValueError(f"dataset {dataset.name!r}: sample ids are not unique across splits")
-    return prefixes, sample_ids, counts
+    pool = np.concatenate(in_pool) if in_pool else np.zeros(0, bool)
+    return _Rows(rows, pool, counts)
+
+
+def _plan(rows: _Rows, n_items: int, config: IntentConfig) -> BudgetPlan | None:
+    """The LLM budget's selection (None without a budget); refuses a budget that leaves rows to
+    fill with fewer LLM samples than the fill predictor needs, before any LLM call."""
+    if config.llm_budget is None:
+        return None
+    plan = plan_budget(rows.samples, rows.in_pool, n_items, config.llm_budget, config.seed)
+    to_fill = len(rows.samples) - plan.selected
+    if to_fill and plan.selected < MIN_LLM_SAMPLES:
+        raise ValueError(
+            f"--llm-budget {config.llm_budget:g} selects {plan.selected} of the {plan.pool} train+valid "
+            f"samples; predicting the other {to_fill} samples' intents needs at least {MIN_LLM_SAMPLES} "
+            "from the LLM"
+        )
+    return plan
+
+
+def llm_sample_count(dataset: SessionDataset, config: IntentConfig) -> tuple[int, int]:
+    """(samples stage 1 writes, samples whose prompts go to the LLM) for ``dataset`` and
+    ``config``; the two are equal without an LLM budget."""
+    rows = _selected_samples(dataset, config.limit)
+    plan = _plan(rows, dataset.n_items, config)
+    return len(rows.samples), len(rows.samples) if plan is None else plan.selected
 
 
 def _peak_memory() -> dict[str, float | None]:
@@ -196,6 +253,44 @@ def _run_batch_files(
     return record
 
 
+def _intent_blocks(
+    samples: SampleSet,
+    from_llm: np.ndarray,
+    answer_vectors: np.ndarray,
+    answer_rows: np.ndarray,
+    fill: FillPredictor | None,
+) -> Iterator[np.ndarray]:
+    """intents.npy's rows in blocks of at most ROWS_PER_WRITE [k, 2, d_text]: row i is
+    ``answer_vectors[answer_rows[j]]`` for the j-th row with ``from_llm`` [n] True, else the
+    ``fill`` predictor's prediction for ``samples`` row i."""
+    llm_index = np.cumsum(from_llm) - 1
+    for start in range(0, len(from_llm), ROWS_PER_WRITE):
+        stop = min(start + ROWS_PER_WRITE, len(from_llm))
+        mine = from_llm[start:stop]
+        block = np.empty((stop - start, 2, answer_vectors.shape[1]), dtype=np.float32)
+        block[mine] = answer_vectors[answer_rows[llm_index[start:stop][mine]]]
+        if not mine.all():
+            assert fill is not None
+            block[~mine] = fill.predict(samples.subset(start + np.flatnonzero(~mine)))
+        yield block
+
+
+def _budget_record(plan: BudgetPlan | None, fill: FillPredictor | None, rows: _Rows) -> dict[str, Any] | None:
+    """meta.json's ``budget``: the selection (:meth:`BudgetPlan.record`), the rows filled by
+    prediction per split and the fill predictor's record (None when nothing was filled)."""
+    if plan is None:
+        return None
+    filled, start = {}, 0
+    for split, count in rows.split_counts.items():
+        filled[split] = int((~plan.from_llm[start : start + count]).sum())
+        start += count
+    return {
+        **plan.record(),
+        "filled_by_prediction": {**filled, "total": sum(filled.values())},
+        "predictor": None if fill is None else fill.record,
+    }
+
+
 def infer_intents(
     dataset: SessionDataset,
     config: IntentConfig,
@@ -215,14 +310,22 @@ def infer_intents(
     interruption regenerates only the answers that are not cached yet. With
     ``config.export_requests`` it writes the batch file and raises :class:`RequestsExported`
     (a ``SystemExit`` with status 0) instead of returning.
+
+    With ``config.llm_budget`` only the budget's train and valid samples are prompted; the
+    other rows of intents.npy are predicted (see the module doc), from_llm.npy [n_samples] bool
+    marks the LLM rows and answers.jsonl holds those rows only.
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefixes, sample_ids, split_counts = _selected_samples(dataset, config.limit)
+    rows = _selected_samples(dataset, config.limit)
+    samples, sample_ids, split_counts = rows.samples, rows.samples.sample_ids, rows.split_counts
+    plan = _plan(rows, dataset.n_items, config)
+    from_llm = np.ones(len(samples), dtype=bool) if plan is None else plan.from_llm
+    llm_rows = np.flatnonzero(from_llm)
     prompts_per_sample = [
-        [build_prompt(dataset.item_names, p, view, config.max_prompt_items) for view in VIEWS]
-        for p in prefixes
+        [build_prompt(dataset.item_names, samples.prefix(i), view, config.max_prompt_items) for view in VIEWS]
+        for i in llm_rows
     ]
     unique_prompts = list(dict.fromkeys(p for pair in prompts_per_sample for p in pair))
 
@@ -267,16 +370,20 @@ def infer_intents(
     row_of = {a: i for i, a in enumerate(distinct_answers)}
     answer_rows = np.array([[row_of[lt], row_of[st]] for lt, st in answers], dtype=np.int64).reshape(-1, 2)
     shape = (len(sample_ids), len(VIEWS), encoder.dim)
-    blocks = (
-        answer_vectors[answer_rows[start : start + ROWS_PER_WRITE]]
-        for start in range(0, len(answer_rows), ROWS_PER_WRITE)
-    )
+    fill, fill_train_s = None, 0.0
+    if not from_llm.all():
+        fill_started = time.perf_counter()
+        fill = fit_fill_predictor(
+            samples.subset(llm_rows), answer_vectors[answer_rows], dataset.n_items, config.seed, progress
+        )
+        fill_train_s = time.perf_counter() - fill_started
     begin_output(out_dir)
-    write_intents(out_dir, shape, blocks)
+    write_intents(out_dir, shape, _intent_blocks(samples, from_llm, answer_vectors, answer_rows, fill))
     write_sample_ids(out_dir, sample_ids)
-    write_answers(out_dir, sample_ids, answers)
+    write_from_llm(out_dir, from_llm)
+    write_answers(out_dir, sample_ids[llm_rows], answers)
     write_catalog(out_dir, np.asarray(catalog_ids, dtype=np.int64), catalog)
-    encode_s = time.perf_counter() - encode_started
+    encode_s = time.perf_counter() - encode_started - fill_train_s
     total_s = time.perf_counter() - started
 
     stats = backend.stats
@@ -306,7 +413,8 @@ def infer_intents(
         "localize_reduce": config.localize_reduce,
         "counts": {
             "samples": len(sample_ids),
-            "prompts": 2 * len(sample_ids),
+            "llm_samples": len(llm_rows),
+            "prompts": 2 * len(llm_rows),
             "unique_prompts": len(unique_prompts),
             "generated": generated,
             "from_cache": len(unique_prompts) - generated,
@@ -321,6 +429,7 @@ def infer_intents(
             "answers_process_cpu_s": round(answers_cpu_s, 3),
             "generation_s": round(seconds, 3),
             "encode_localize_s": round(encode_s, 3),
+            "fill_train_s": round(fill_train_s, 3),
             "prompts_per_s": per_second(stats["prompts"]),
             "new_tokens_per_s": per_second(stats["new_tokens"]),
             "prompt_tokens_per_s": per_second(stats["prompt_tokens"]),
@@ -332,6 +441,7 @@ def infer_intents(
             "new": int(stats["new_tokens"]),
         },
         "import": imported,
+        "budget": _budget_record(plan, fill, rows),
         "all_answers_generation": _all_answers_cost(cache, keys),
         "peak_memory": _peak_memory(),
         "torch_threads": torch.get_num_threads(),

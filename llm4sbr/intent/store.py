@@ -2,7 +2,12 @@
 
 * ``intents.npy``: [n_samples, 2, d_text] float32, axis 1 = (long, short) view.
 * ``sample_ids.npy``: [n_samples] int64, the sample id of each row (join on id, never on order).
-* ``answers.jsonl``: one ``{"sample_id", "long", "short"}`` line per row, the post-processed answers.
+* ``from_llm.npy``: [n_samples] bool aligned with sample_ids.npy: True where the row's intents
+  come from the LLM's answers, False where the LLM budget's predictor filled them
+  (:mod:`llm4sbr.intent.budget`); all True without a budget. Folders written before it existed
+  have none (:func:`load_from_llm` then returns None).
+* ``answers.jsonl``: one ``{"sample_id", "long", "short"}`` line per row from the LLM, the
+  post-processed answers (every row without a budget).
 * ``catalog.npz``: ``ids`` [m] int64 model ids of the catalog items (those with a name) and
   ``vectors`` [m, d_text] float32 their encoded names, the space the intents are localized in
   (read by the intent predictor to explain predicted intents).
@@ -31,6 +36,7 @@ from .prompts import VIEWS
 INTENTS_FILE = "intents.npy"
 SAMPLE_IDS_FILE = "sample_ids.npy"
 ANSWERS_FILE = "answers.jsonl"
+FROM_LLM_FILE = "from_llm.npy"
 META_FILE = "meta.json"
 CATALOG_FILE = "catalog.npz"
 FORMAT = 1
@@ -51,14 +57,40 @@ def write_answers(out_dir: Path, sample_ids: np.ndarray, answers: list[tuple[str
 
 
 def begin_output(out_dir: Path) -> None:
-    """Create ``out_dir`` and drop its meta.json, which :func:`write_meta` restores last."""
+    """Create ``out_dir`` and drop its meta.json, which :func:`write_meta` restores last, and
+    its from_llm.npy, which only :func:`write_from_llm` writes (so no stale one stays)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META_FILE).unlink(missing_ok=True)
+    (out_dir / FROM_LLM_FILE).unlink(missing_ok=True)
 
 
 def write_sample_ids(out_dir: Path, sample_ids: np.ndarray) -> None:
     with atomic_writer(out_dir / SAMPLE_IDS_FILE) as f:
         np.save(f, np.asarray(sample_ids, dtype=np.int64))
+
+
+def write_from_llm(out_dir: Path, from_llm: np.ndarray) -> None:
+    """``from_llm.npy``: [n_samples] bool, True for the rows whose intents the LLM answered."""
+    with atomic_writer(out_dir / FROM_LLM_FILE) as f:
+        np.save(f, np.asarray(from_llm, dtype=bool))
+
+
+def load_from_llm(out_dir: str | os.PathLike) -> np.ndarray | None:
+    """[n_samples] bool from ``from_llm.npy`` (aligned with :func:`load_intents`'s sample ids),
+    or None when the folder has none. Raises ValueError for an unreadable file or one whose
+    length is not the number of rows of sample_ids.npy."""
+    out_dir = Path(out_dir)
+    path = out_dir / FROM_LLM_FILE
+    if not path.is_file():
+        return None
+    try:
+        from_llm = np.load(path)
+        n_rows = len(np.load(out_dir / SAMPLE_IDS_FILE, mmap_mode="r"))
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{out_dir}: unreadable array file ({exc})") from exc
+    if from_llm.dtype != np.bool_ or from_llm.shape != (n_rows,):
+        raise _fail(path, f"expected [{n_rows}] bool, got {from_llm.shape} {from_llm.dtype}")
+    return from_llm
 
 
 def write_intents(out_dir: Path, shape: tuple[int, int, int], blocks: Iterable[np.ndarray]) -> None:
