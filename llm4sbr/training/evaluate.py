@@ -25,6 +25,10 @@ from llm4sbr.training.metrics import RankAccumulator, metrics_from_ranks
 Batch = dict[str, torch.Tensor]
 
 
+SCORE_ELEMENTS = 1 << 25
+"""Scores one evaluation batch may hold: [B, n_items + 1] float32 within 128 MiB."""
+
+
 def batch_to(batch: Batch, device: torch.device, intents: IntentLookup | None = None) -> Batch:
     """Move a loader batch to ``device``, adding its samples' stage-1 ``intent`` when given."""
     if intents is not None:
@@ -44,9 +48,14 @@ def rank_metrics(
     progress: bool = False,
     desc: str = "eval",
     distributed: bool = False,
+    n_items: int | None = None,
 ) -> dict[str, float]:
     """Rank each sample's target among the scores ``scores_of(batch) -> [B, n_items + 1]``
     (column = item id, column 0 = -inf) and return hit/mrr/ndcg@{5,10,20} over every sample.
+
+    With ``n_items`` given, batches shrink so that one batch's scores stay within
+    :data:`SCORE_ELEMENTS` (128 MiB of float32): memory does not grow with batch x catalog,
+    and the metrics do not change (each sample's rank depends on its own scores only).
 
     With ``distributed`` (inside an initialised process group, called on every rank) each rank
     ranks a contiguous 1/world_size of the samples and the ranks are all-gathered, so every
@@ -57,6 +66,8 @@ def rank_metrics(
     if distributed:
         samples = samples.subset(rank_share(n))
     accumulator = RankAccumulator()
+    if n_items is not None:
+        batch_size = max(1, min(batch_size, SCORE_ELEMENTS // (n_items + 1)))
     loader = make_loader(samples, batch_size=batch_size, shuffle=False, max_len=max_len)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         batch = batch_to(batch, device, intents)
@@ -70,7 +81,7 @@ def evaluate(model: SessionModel, samples: SampleSet, **options: object) -> dict
     """:func:`rank_metrics` of ``model.full_sort_predict`` (the model is put in eval mode);
     ``options`` as rank_metrics takes them (``intents`` for a model that uses intents)."""
     model.eval()
-    return rank_metrics(model.full_sort_predict, samples, **options)
+    return rank_metrics(model.full_sort_predict, samples, n_items=model.n_items, **options)
 
 
 def evaluate_paths(
@@ -105,7 +116,9 @@ def evaluate_paths(
     samples = dataset.splits[split]
     common = dict(batch_size=batch_size, max_len=config.max_len, device=device)
     results = {
-        "predictor": rank_metrics(lambda b: serving(b["item_seq"], b["item_seq_len"]), samples, **common)
+        "predictor": rank_metrics(
+            lambda b: serving(b["item_seq"], b["item_seq_len"]), samples, n_items=dataset.n_items, **common
+        )
     }
     lookup = IntentLookup.load(intents or config.intents, dataset)
     results["oracle"] = evaluate(serving.model, samples, intents=lookup, **common)

@@ -38,7 +38,8 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         chunk = scores[:, start : start + width]
         if torch.isnan(chunk).any():
             raise ValueError("scores contain NaN: the model diverged or its input is corrupt")
-        ranks += torch.count_nonzero(chunk >= target_scores, dim=1)
+        # int32 sums in place; count_nonzero and an int64 sum copy the chunk to int64 first.
+        ranks += (chunk >= target_scores).sum(dim=1, dtype=torch.int32)
     return ranks
 
 
