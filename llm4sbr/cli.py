@@ -154,7 +154,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     train_config = config_from_args(TrainConfig, args, config_file=args.train_config)
     train_config = dataclasses.replace(train_config, data=args.data, preset=args.preset)
     out = Path(args.out or f"runs/{Path(args.data).name}")
-    summary = run_pipeline(train_config, intent_config(args), out, seeds=args.seeds, progress=not args.quiet)
+    summary = run_pipeline(
+        train_config,
+        intent_config(args),
+        out,
+        seeds=args.seeds,
+        progress=not args.quiet,
+        controls=args.controls,
+    )
     print(f"\n{summary['heading']}:")
     print(summary["table"])
     return 0
@@ -273,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="stage 2 once per seed (the seed also carves the validation split) under <out>/seed<S>, "
         "then mean ± std of every path; stage 1 runs once",
+    )
+    p.add_argument(
+        "--controls",
+        nargs="+",
+        choices=("shuffled", "random"),
+        default=[],
+        help="also train and test LLM4SBR on control intents (stage-1 vectors shuffled across samples, "
+        "or Gaussian noise of their scale): the gap to the real intents is what the LLM adds",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_intent_flags(p)

@@ -19,9 +19,24 @@ from typing import Any
 from llm4sbr.atomic import write_atomic
 from llm4sbr.config import TrainConfig
 from llm4sbr.data import SessionDataset, run_dataset
-from llm4sbr.intent import IntentConfig, infer_intents, llm_sample_count
+from llm4sbr.intent import (
+    CONTROLS,
+    IntentConfig,
+    IntentLookup,
+    infer_intents,
+    llm_sample_count,
+    write_control_intents,
+)
 from llm4sbr.intent.predictor import PREDICTOR_FILE
-from llm4sbr.training import StaleRunError, TrainResult, evaluate_paths, train, train_intent_predictor
+from llm4sbr.models import load_trained
+from llm4sbr.training import (
+    StaleRunError,
+    TrainResult,
+    evaluate,
+    evaluate_paths,
+    train,
+    train_intent_predictor,
+)
 
 METRIC_COLUMNS = ("hit@5", "hit@10", "hit@20", "mrr@5", "mrr@10", "mrr@20", "ndcg@10", "ndcg@20")
 PATH_NAMES = {
@@ -88,21 +103,49 @@ def train_seeds(
     return runs, table, len(dataset.splits["test"])
 
 
-def _stage2(base: TrainConfig, dataset: SessionDataset, intents: Path, out: Path, progress: bool) -> dict:
+def _stage2(
+    base: TrainConfig,
+    dataset: SessionDataset,
+    intents: Path,
+    out: Path,
+    progress: bool,
+    controls: Sequence[str] = (),
+) -> dict:
     """SRGNN and LLM4SBR on ``dataset``, the intent predictor and the three test paths of
-    :func:`llm4sbr.training.evaluate_paths`, under ``out``."""
+    :func:`llm4sbr.training.evaluate_paths`, under ``out``; then LLM4SBR trained and tested on
+    each control of ``controls`` (:mod:`llm4sbr.intent.controls`), path ``control_<kind>``."""
+    steps = 4 + len(controls)
     results = {}
     for step, model in enumerate(("srgnn", "llm4sbr"), start=2):
         config = dataclasses.replace(base, model=model, intents=str(intents) if model == "llm4sbr" else None)
-        print(f"[{step}/4] training {model} (seed {base.seed}) -> {out / model}")
+        print(f"[{step}/{steps}] training {model} (seed {base.seed}) -> {out / model}")
         results[model] = dataclasses.asdict(train_or_resume(config, out / model, dataset, progress))
-    print(f"[4/4] intent predictor for serving without an LLM (seed {base.seed})")
+    print(f"[4/{steps}] intent predictor for serving without an LLM (seed {base.seed})")
     best = out / "llm4sbr" / "best.pt"
     predictor = best.parent / PREDICTOR_FILE
     if not predictor.exists() or predictor.stat().st_mtime < best.stat().st_mtime:
         train_intent_predictor(best, dataset=dataset, progress=progress)
     results["paths"] = evaluate_paths(best, srgnn_checkpoint=out / "srgnn" / "best.pt", dataset=dataset)
+    for step, kind in enumerate(controls, start=5):
+        run = out / f"llm4sbr-{kind}"
+        print(f"[{step}/{steps}] control: LLM4SBR on {kind} intents (seed {base.seed}) -> {run}")
+        control = write_control_intents(intents, kind, run / "intents", seed=base.seed)
+        config = dataclasses.replace(base, model="llm4sbr", intents=str(control))
+        train_or_resume(config, run / "model", dataset, progress)
+        model, _, _ = load_trained(run / "model" / "best.pt")
+        results["paths"][f"control_{kind}"] = evaluate(
+            model,
+            dataset.splits["test"],
+            batch_size=base.eval_batch_size,
+            max_len=base.max_len,
+            intents=IntentLookup.load(control, dataset),
+        )
     return results
+
+
+def path_names(controls: Sequence[str] = ()) -> dict[str, str]:
+    """Table row names of the test paths, controls last."""
+    return {**PATH_NAMES, **{f"control_{kind}": f"LLM4SBR, {kind} intents (control)" for kind in controls}}
 
 
 def run_pipeline(
@@ -112,14 +155,21 @@ def run_pipeline(
     *,
     seeds: Sequence[int] | None = None,
     progress: bool = True,
+    controls: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Stage 1 on ``train_config.data`` / ``preset``, then stage 2 for ``train_config.seed`` (or
     once per seed of ``seeds``, each in ``out/seed<S>``). Writes ``out/summary.json`` and
     ``out/summary.md``; returns {"intents": stage-1 meta, "results": ..., "table": markdown,
     "heading": what the table shows}. Rerunning resumes where it stopped. With
     ``intent_config.llm_budget`` stage 1 asks the LLM for the budget's train and valid samples
-    only (the same ones whatever the seed) and predicts the other samples' intents."""
+    only (the same ones whatever the seed) and predicts the other samples' intents. Each of
+    ``controls`` ("shuffled", "random") adds a row: LLM4SBR trained and tested on control intents
+    (:mod:`llm4sbr.intent.controls`), so the table shows what the LLM's intents add."""
     out = Path(out)
+    unknown = [kind for kind in controls if kind not in CONTROLS]
+    if unknown:
+        raise ValueError(f"controls must be among {CONTROLS}, got {unknown}")
+    names = path_names(controls)
     if seeds and intent_config.limit is not None:
         raise ValueError("--limit cannot be combined with --seeds: each seed carves another validation split")
     first = seeds[0] if seeds else train_config.seed
@@ -129,8 +179,8 @@ def run_pipeline(
     print(f"[1/4] intents for {samples} samples ({asked}) -> {out / 'intents'}")
     intents = infer_intents(dataset, intent_config, out / "intents", progress=progress)
     if not seeds:
-        results = _stage2(train_config, dataset, intents.out_dir, out, progress)
-        table = format_table({PATH_NAMES[k]: results["paths"][k] for k in PATH_NAMES})
+        results = _stage2(train_config, dataset, intents.out_dir, out, progress, controls)
+        table = format_table({name: results["paths"][k] for k, name in names.items()})
         heading = "test metrics (%)"
     else:
         # Stage 1 covers every sample, whatever the split: each seed reuses it.
@@ -138,9 +188,11 @@ def run_pipeline(
         for seed in seeds:
             seeded = dataclasses.replace(train_config, seed=seed)
             split = dataset if seed == first else run_dataset(seeded)
-            results[f"seed{seed}"] = _stage2(seeded, split, intents.out_dir, out / f"seed{seed}", progress)
+            results[f"seed{seed}"] = _stage2(
+                seeded, split, intents.out_dir, out / f"seed{seed}", progress, controls
+            )
         table = format_mean_std(
-            {name: [r["paths"][k] for r in results.values()] for k, name in PATH_NAMES.items()}
+            {name: [r["paths"][k] for r in results.values()] for k, name in names.items()}
         )
         heading = f"test metrics (%, mean ± std over seeds {list(seeds)})"
     summary = {"intents": intents.meta, "results": results}

@@ -23,6 +23,7 @@ from .backends import (
 from .budget import BudgetPlan, budget_count, check_budget, plan_budget
 from .cache import AnswerCache, CacheCorruptionWarning, answer_key
 from .config import IntentConfig, add_arguments, config_from_args
+from .controls import CONTROLS, control_intents, write_control_intents
 from .encode import HashingEncoder, TextEncoder, make_encoder
 from .infer import ImportProblemWarning, IntentResult, infer_intents, llm_sample_count
 from .localize import localize
@@ -35,7 +36,10 @@ from .store import load_catalog, load_from_llm, load_intents, save_intents
 
 __all__ = [
     "BACKENDS",
+    "CONTROLS",
     "VIEWS",
+    "control_intents",
+    "write_control_intents",
     "AnswerCache",
     "BudgetPlan",
     "CacheCorruptionWarning",

@@ -383,7 +383,9 @@ def test_run_pipeline_prints_how_many_samples_go_to_the_llm(
 
     seen: dict[str, Path] = {}
 
-    def stage2(base: TrainConfig, ds: SessionDataset, intents: Path, out: Path, progress: bool) -> dict:
+    def stage2(
+        base: TrainConfig, ds: SessionDataset, intents: Path, out: Path, progress: bool, controls=()
+    ) -> dict:
         seen["intents"] = intents
         metrics = dict.fromkeys(pipeline.METRIC_COLUMNS, 0.0)
         return {"paths": dict.fromkeys(pipeline.PATH_NAMES, metrics)}

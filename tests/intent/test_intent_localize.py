@@ -6,7 +6,6 @@ import importlib
 
 import numpy as np
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
