@@ -38,6 +38,27 @@ def new_stats(prefill: bool = True) -> dict[str, float]:
     return stats
 
 
+def generation_settings(
+    max_new_tokens: int,
+    do_sample: bool,
+    top_p: float,
+    seed: int,
+    stop_at_newline: bool,
+    chat_template: bool | str,
+) -> dict[str, Any]:
+    """The ``settings`` of a backend: what can change an answer, hence what enters the cache key.
+    Greedy decoding leaves ``top_p`` and ``seed`` out, so they do not split the cache."""
+    settings: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "stop_at_newline": stop_at_newline,
+        "chat_template": chat_template,
+    }
+    if do_sample:
+        settings.update(top_p=top_p, seed=seed)
+    return settings
+
+
 def first_line(text: str) -> str:
     """``text`` up to the end of its first non-empty line (without that newline): what an
     answer stopped at the first line keeps. Text without such a line is returned unchanged."""

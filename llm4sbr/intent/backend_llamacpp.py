@@ -38,7 +38,7 @@ from typing import Any
 
 from llm4sbr.atomic import atomic_writer
 
-from .backend_base import first_line, new_stats
+from .backend_base import first_line, generation_settings, new_stats
 from .hf import model_identity
 
 CPU_LLM_HINT = "pip install 'llm4sbr[cpu-llm]'"
@@ -189,14 +189,7 @@ class LlamaCppBackend:
         self.threads = threads
         self.n_ctx = n_ctx
         self.reuse_prefix = reuse_prefix
-        self.settings: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample,
-            "stop_at_newline": stop_at_newline,
-            "chat_template": True,
-        }
-        if do_sample:
-            self.settings.update(top_p=top_p, seed=seed)
+        self.settings = generation_settings(max_new_tokens, do_sample, top_p, seed, stop_at_newline, True)
         self.stats = new_stats()
         self._llm: Any = None
         self._template: Any = None

@@ -41,7 +41,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from .backend_base import first_line, new_stats
+from .backend_base import first_line, generation_settings, new_stats
 
 MAX_BACKOFF_S = 30.0
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -107,14 +107,7 @@ class OpenAIBackend:
         self._opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if loopback else []))
         self.identity = f"openai:{model}"
         self.precision = "server"
-        self.settings: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample,
-            "stop_at_newline": stop_at_newline,
-            "chat_template": "server",
-        }
-        if do_sample:
-            self.settings.update(top_p=top_p, seed=seed)
+        self.settings = generation_settings(max_new_tokens, do_sample, top_p, seed, stop_at_newline, "server")
         self.extra_body = dict(extra_body or {})
         if self.extra_body:
             self.settings["extra_body"] = self.extra_body

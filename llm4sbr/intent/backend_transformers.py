@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .backend_base import new_stats
+from .backend_base import generation_settings, new_stats
 from .hf import import_transformers, model_identity
 
 PRECISIONS = ("4bit", "8bit", "bf16", "fp16", "fp32")
@@ -121,14 +121,7 @@ class TransformersBackend:
         self.model_path = Path(model_path)
         self.identity = model_identity(self.model_path)
         self.batch_size = batch_size
-        self.settings: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample,
-            "stop_at_newline": stop_at_newline,
-            "chat_template": True,
-        }
-        if do_sample:
-            self.settings.update(top_p=top_p, seed=seed)
+        self.settings = generation_settings(max_new_tokens, do_sample, top_p, seed, stop_at_newline, True)
         self.stats = new_stats()
         self._model: Any = None
         self._tokenizer: Any = None
