@@ -43,7 +43,10 @@ one, drawn with ``seed``) held out to select the epoch, and predicts the vectors
 sample (the rest of the pool and the test samples). It uses the ``PredictorConfig`` defaults,
 seeded with ``seed``; its item vectors, of size ``PredictorConfig.dim`` (or the LLM4SBR model's
 default ``TrainConfig.dim`` when that is None), start random, and its learned term starts at
-zero, so training starts from the per-item intent table of the LLM samples.
+zero, so training starts from the per-item intent table of the LLM samples. The held-out
+samples also decide between the predictor and the plainest fill, the mean intent of the
+training LLM samples: when the predictor's held-out MSE is not below the mean's, every other
+sample gets the mean (meta.json's ``fill`` says which).
 """
 
 from __future__ import annotations
@@ -240,13 +243,18 @@ class FillPredictor:
     """The trained fill predictor and its meta.json record: ``train_samples``,
     ``valid_samples``, ``dim``, ``item_cache``, ``zero_head``, ``best_epoch`` (from 1),
     ``epochs_run``, and ``valid`` and ``valid_baseline`` (mse and per-view cosine of the selected
-    epoch and of the training mean on the held-out samples)."""
+    epoch and of the training mean on the held-out samples), and ``fill``: "predictor", or
+    "mean" when the predictor did not beat the training mean on the held-out samples."""
 
     predictor: IntentPredictor
     record: dict[str, Any]
+    mean: np.ndarray | None = None
+    """[2, d_text]: the fill for every sample when the mean won on the held-out samples."""
 
     def predict(self, samples: SampleSet) -> np.ndarray:
         """Intents of ``samples`` -> [len(samples), 2, d_text] float32."""
+        if self.mean is not None:
+            return np.broadcast_to(self.mean, (len(samples), *self.mean.shape)).astype(np.float32)
         from llm4sbr.training.predictor import predict_intents
 
         return predict_intents(self.predictor, samples).numpy().astype(np.float32, copy=False)
@@ -287,4 +295,6 @@ def fit_fill_predictor(
         "valid": fit.valid,
         "valid_baseline": fit.valid_baseline,
     }
-    return FillPredictor(fit.predictor, record)
+    if fit.valid["mse"] < fit.valid_baseline["mse"]:
+        return FillPredictor(fit.predictor, {**record, "fill": "predictor"})
+    return FillPredictor(fit.predictor, {**record, "fill": "mean"}, vectors[train_rows].mean(axis=0))

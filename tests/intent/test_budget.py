@@ -405,3 +405,24 @@ def test_predicted_intents_beat_noise(tmp_path: Path) -> None:
     of the mean's, not that of a randomly initialised network."""
     predictor = run(tmp_path, 0.5).meta["budget"]["predictor"]
     assert predictor["valid"]["mse"] < 2 * predictor["valid_baseline"]["mse"]
+
+
+def test_fill_falls_back_to_the_mean_when_the_predictor_does_not_beat_it() -> None:
+    """Intents unrelated to the session (noise): the held-out samples pick the mean, and every
+    filled row is the training mean. Intents set by the last item: the predictor wins."""
+    samples = dataset().splits["train"]
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(len(samples), 2, 4)).astype(np.float32)
+    fill = fit_fill_predictor(samples, noise, 30, seed=0)
+    assert fill.record["fill"] == "mean"
+    assert fill.record["valid"]["mse"] >= fill.record["valid_baseline"]["mse"]
+    train_rows, _ = holdout_split(len(samples), 0)
+    predicted = fill.predict(samples)
+    mean = np.broadcast_to(noise[train_rows].mean(0), predicted.shape)
+    np.testing.assert_allclose(predicted, mean, rtol=1e-6)
+
+    table = rng.normal(size=(31, 2, 4)).astype(np.float32) * 3
+    last = np.array([samples.prefix(i)[-1] for i in range(len(samples))])
+    fill = fit_fill_predictor(samples, table[last], 30, seed=0)
+    assert fill.record["fill"] == "predictor"
+    assert fill.record["valid"]["mse"] < fill.record["valid_baseline"]["mse"]
