@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from llm4sbr.data.dataset import SampleSet, SessionDataset
+from llm4sbr.intent import FakeBackend
 
 MOVIE_NAMES = [
     "",
@@ -70,3 +71,15 @@ def write_log(folder: Path, n_sessions: int = 60, n_items: int = 25, seed: int =
     names = [f"i{i}\tMovie {i} about topic {i % 5}" for i in range(n_items)]
     (folder / "tiny.item").write_text("item_id:token\ttitle:token_seq\n" + "\n".join(names) + "\n")
     return folder
+
+
+class RecordingBackend(FakeBackend):
+    """FakeBackend that records every prompt it is asked for, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        self.seen += prompts
+        return super().generate(prompts)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import tiny_dataset
+from fakes import RecordingBackend, tiny_dataset
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -34,18 +34,6 @@ from llm4sbr.intent import (
 from llm4sbr.intent.budget import RULE, fit_fill_predictor, holdout_split, strata_of, stratified_order
 from llm4sbr.intent.lookup import IntentLookup
 from llm4sbr.intent.prompts import VIEWS, build_prompt
-
-
-class RecordingBackend(FakeBackend):
-    """FakeBackend that records every prompt it is asked for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def generate(self, prompts: list[str]) -> list[str]:
-        self.seen += prompts
-        return super().generate(prompts)
 
 
 def dataset() -> SessionDataset:

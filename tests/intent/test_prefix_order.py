@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fakes import MOVIE_NAMES
+from fakes import MOVIE_NAMES, RecordingBackend
 from test_intent_pipeline import small_dataset
 
-from llm4sbr.intent import FakeBackend, IntentConfig, infer_intents
+from llm4sbr.intent import IntentConfig, infer_intents
 from llm4sbr.intent.order import common_prefix_length, length_order, prefix_groups, prefix_order
 from llm4sbr.intent.prompts import VIEWS, build_prompt
 
@@ -115,18 +115,8 @@ def test_length_order_keeps_the_views_of_a_sample_together_longest_first() -> No
     assert all(a == b for a, b in zip(stems[::2], stems[1::2], strict=True))
 
 
-class OrderRecordingBackend(FakeBackend):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def generate(self, prompts: list[str]) -> list[str]:
-        self.seen += prompts
-        return super().generate(prompts)
-
-
 def test_infer_intents_asks_in_prefix_order(tmp_path: Path) -> None:
-    backend = OrderRecordingBackend()
+    backend = RecordingBackend()
     config = IntentConfig(backend="fake", encoder="fake", batch_size=3)
     infer_intents(small_dataset(), config, tmp_path, progress=False, backend=backend)
     assert len(set(backend.seen)) == len(backend.seen) == 16
