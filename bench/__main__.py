@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python -m bench --suite kernels|train|serve|llm|all [--out bench/results/<device>] ...
+    python -m bench --suite kernels|train|serve|llm|scale|all [--out bench/results/<device>] ...
     python -m bench --tables bench/results/cpu
 """
 
@@ -14,9 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm4sbr.data import PRESETS
+
 from .harness import PROVIDERS, SHAPES, SUITES, BenchOptions, run_benchmarks
 from .llm import RANDOM_LLM_CONFIGS
 from .report import render_tables
+from .scale import SCALE_SIZES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--llm-max-prompt-items", type=int, help="bundled LLM prompts show the last N clicks (default: all)"
     )
+    parser.add_argument(
+        "--scale-sizes",
+        nargs="+",
+        choices=tuple(SCALE_SIZES),
+        default=["S", "M"],
+        help="synthetic click logs the scale suite loads (L: 25M clicks; the row-based loader needed 9 GB)",
+    )
+    parser.add_argument(
+        "--scale-preset", choices=PRESETS, default="srgnn", help="preset the scale suite applies"
+    )
+    parser.add_argument("--scale-repeats", type=int, default=1, help="loads per size and checkout")
+    parser.add_argument("--scale-other", help="another llm4sbr checkout to load the same logs with (A/B)")
+    parser.add_argument(
+        "--scale-dir", help="folder for the synthetic logs, reused across runs (default: temporary)"
+    )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
         "--tables", metavar="RESULTS_DIR", help="only print the markdown tables of a results folder"
@@ -64,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         recbole_script=args.recbole_script, llm_models=tuple(args.llm_models) if args.llm_models else None,
         llm_prompts=args.llm_prompts, llm_batch_size=args.llm_batch_size,
         llm_max_prompt_items=args.llm_max_prompt_items, serve_checkpoint=args.serve_checkpoint,
-        plots=not args.no_plots,
+        scale_sizes=tuple(args.scale_sizes), scale_preset=args.scale_preset, scale_repeats=args.scale_repeats,
+        scale_other=args.scale_other, scale_dir=args.scale_dir, plots=not args.no_plots,
     )  # fmt: skip
     suites = SUITES if args.suite == "all" else (args.suite,)
     results = run_benchmarks(suites, args.out, options)

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-SUITES = ("kernels", "train", "serve", "llm")
+SUITES = ("kernels", "train", "serve", "llm", "scale")
 """Suite names; suite ``s`` is ``run_<s>(options, device)`` in ``bench/<s>.py``."""
 KERNELS = ("gnn_step", "attn_pool", "align_uniform_loss")
 PROVIDERS = ("triton", "torch", "compile")
@@ -73,7 +73,11 @@ class BenchOptions:
     on CUDA. llm_max_prompt_items: the bundled runs' prompts show only the last N clicks (as
     ``infer-intents --max-prompt-items``; None shows all). serve_checkpoint: a trained run's
     best.pt whose ``Recommender.recommend`` (and ``explain``) the serve suite also times on the
-    run's test sessions, one at a time. plots: write PNGs (needs matplotlib).
+    run's test sessions, one at a time. scale_sizes: synthetic log sizes of the scale suite (names
+    in ``bench.scale.SCALE_SIZES``), each loaded ``scale_repeats`` times with ``scale_preset``;
+    scale_other: another llm4sbr checkout to load the same logs with (a before/after A/B);
+    scale_dir: where the logs are written and reused (None: a temporary folder). plots: write PNGs
+    (needs matplotlib).
     """
 
     device: str = "auto"
@@ -108,6 +112,11 @@ class BenchOptions:
     llm_batch_size: int = 8
     llm_max_new_tokens: int = 32
     llm_max_prompt_items: int | None = None
+    scale_sizes: tuple[str, ...] = ("S", "M")
+    scale_preset: str = "srgnn"
+    scale_repeats: int = 1
+    scale_other: str | None = None
+    scale_dir: str | None = None
     plots: bool = True
 
     @classmethod
@@ -136,6 +145,7 @@ class BenchOptions:
             llm_prompts=2,
             llm_batch_size=2,
             llm_max_new_tokens=2,
+            scale_sizes=("tiny",),
         )
         values.update(overrides)
         return cls(**values)
@@ -345,6 +355,9 @@ def progress(label: str, record: dict[str, Any]) -> None:
         note = f"{record['epoch_s']:.1f} s/epoch  peak {record.get('peak_mib', float('nan')):.0f} MiB"
     elif "prompts_per_s" in record:
         note = f"{record['prompts_per_s']:.3f} prompts/s  peak {record['peak_mib']:.0f} MiB"
+    elif "load_s" in record:
+        note = f"{record['load_s']:.1f} s  peak {record['peak_mib']:.0f} MiB"
+        note += f"  {record['bytes_per_click']:.0f} B/click"
     else:
         note = record.get("skipped") or record.get("error") or ""
     print(f"[bench] {label}: {note}", file=sys.stderr, flush=True)

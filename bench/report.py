@@ -86,7 +86,40 @@ def evaluate_targets(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 add(f"{model}: 4-bit peak <= 40% of bf16 (GPU)", None, "a precision did not run")
     else:
         add("LLM 4-bit peak <= 40% of bf16 (GPU)", None, "owed: needs a CUDA device")
+    if "scale" in suites:
+        runs = [
+            r
+            for r in suites["scale"]["records"]
+            if r.get("side") == "this" and r.get("preset") == "srgnn" and "load_s" in r
+        ]
+        for size, seconds, peak_bytes, per_click in SCALE_TARGETS:
+            mine = [r for r in runs if r["log"] == size]
+            if not mine:
+                add(f"scale {size}: load + srgnn preset targets", None, "not run")
+                continue
+            fastest = min(mine, key=lambda r: r["load_s"])
+            best = fastest["load_s"]
+            peak = max(r["peak_mib"] for r in mine) * 2**20
+            worst = max(r["bytes_per_click"] for r in mine)
+            limits = [f"<= {seconds:g} s"]
+            limits += [f"<= {peak_bytes / 1e9:g} GB peak"] if peak_bytes else []
+            limits += [f"<= {per_click:g} bytes per click"] if per_click else []
+            ok = (
+                best <= seconds
+                and (not peak_bytes or peak <= peak_bytes)
+                and (not per_click or worst <= per_click)
+            )
+            add(
+                f"scale {size}: load + srgnn preset {', '.join(limits)}",
+                ok,
+                f"{best:.1f} s (fastest of {len(mine)}, load average {fastest['load_average'][0]}), "
+                f"peak {peak / 1e9:.2f} GB, {worst:.0f} bytes per click",
+            )
     return targets
+
+
+SCALE_TARGETS = (("M", 5.0, 0, 100.0), ("L", 40.0, 3e9, 0))
+"""(size, seconds, peak bytes, peak bytes per click) the scale issue asks for; 0 means no limit."""
 
 
 # ----------------------------------------------------------------------------- tables
@@ -169,6 +202,7 @@ HEADERS = {
     "test_hit@20": "test hit@20", "test_mrr@20": "test mrr@20", "train_samples": "train samples",
     "prompts_per_s": "prompts/s", "mean_prompt_tokens": "prompt tokens", "weights_mib": "weights MiB",
     "generation_mib": "generation MiB", "size": "B x L x d", "samples_sha256": "samples sha256",
+    "load_s": "load + preset s", "bytes_per_click": "peak bytes/click", "log_mib": "log MiB",
 }  # fmt: skip
 
 
@@ -210,6 +244,15 @@ def render_tables(results: dict[str, Any]) -> str:
         parts.append("### LLM stage (intent generation)\n\n" + _machine_line(suite))
         values = ["prompts_per_s", "mean_prompt_tokens", "weights_mib", "generation_mib", "peak_mib"]
         labels = ["model", "weights", "precision", "batch", "prompt_items"]
+        parts.append(_records_table(suite["records"], labels, values))
+    if "scale" in suites:
+        suite = suites["scale"]
+        parts.append(
+            "### Loading at scale: `load_dataset(csv)` + preset on synthetic Diginetica-shaped logs\n\n"
+            + _machine_line(suite)
+        )
+        labels = ["log", "side", "preset", "clicks", "samples"]
+        values = ["load_s", "peak_mib", "bytes_per_click", "log_mib", "load_average", "fingerprint"]
         parts.append(_records_table(suite["records"], labels, values))
     if results.get("targets"):
         parts.append("### Targets\n\n" + _table(["target", "status", "numbers"], [

@@ -126,6 +126,9 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--data", default="ml-100k", help="'ml-100k' (bundled) or a path (default: ml-100k)")
     parser.add_argument("--preset", choices=PRESETS, help="session preset (default: by source)")
+    parser.add_argument(
+        "--items", help="CSV of item_id,title for a CSV log (default: <log>.items.csv next to it, if any)"
+    )
 
 
 def _cmd_infer_intents(args: argparse.Namespace) -> int:
@@ -133,7 +136,7 @@ def _cmd_infer_intents(args: argparse.Namespace) -> int:
     from llm4sbr.intent import config_from_args as intent_config
     from llm4sbr.intent import infer_intents
 
-    dataset = load_dataset(args.data, args.preset)
+    dataset = load_dataset(args.data, args.preset, items=args.items)
     result = infer_intents(dataset, intent_config(args), args.out, progress=not args.quiet)
     timing, counts = result.meta["timing"], result.meta["counts"]
     print(
@@ -152,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from llm4sbr.pipeline import run_pipeline
 
     train_config = config_from_args(TrainConfig, args, config_file=args.train_config)
-    train_config = dataclasses.replace(train_config, data=args.data, preset=args.preset)
+    train_config = dataclasses.replace(train_config, data=args.data, preset=args.preset, items=args.items)
     out = Path(args.out or f"runs/{Path(args.data).name}")
     summary = run_pipeline(
         train_config,
@@ -292,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_intent_flags(p)
     add_config_flags(
-        p, TrainConfig, skip=("data", "preset", "model", "intents"), title="stage 2 (both models' training)"
+        p,
+        TrainConfig,
+        skip=("data", "preset", "items", "model", "intents"),
+        title="stage 2 (both models' training)",
     )
     p.set_defaults(func=_cmd_run)
     return parser

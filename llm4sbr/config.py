@@ -34,6 +34,9 @@ class TrainConfig:
     # data
     data: str = option("ml-100k", "'ml-100k' (bundled) or a path to RecBole, SR-GNN or CSV files")
     preset: str | None = option(None, "session preset (llm4sbr.data.PRESETS; None: by source)")
+    items: str | None = option(
+        None, "CSV item table (item_id, title) naming the items (None: <log>.items.csv next to a CSV log)"
+    )
     valid_fraction: float = option(0.1, "share of training sessions carved out for validation")
     max_len: int | None = option(None, "keep only the last N clicks of a session (None: all)")
     # model

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from llm4sbr.cli import main
+from llm4sbr.cli import build_parser, main
 from llm4sbr.data.sources import recbole_ml100k_dir
 
 
@@ -137,3 +137,16 @@ def test_run_with_seeds_reports_mean_and_std_of_every_path(tmp_path, capsys):
 
     assert main([*args, "--limit", "5"]) == 2
     assert "--limit cannot be combined with --seeds" in capsys.readouterr().err
+
+
+def test_items_flag_reaches_every_data_command(tmp_path):
+    parser = build_parser()
+    for argv in (
+        ["infer-intents", "--out", str(tmp_path), "--items", "i.csv"],
+        ["run", "--items", "i.csv"],
+        ["train", "--items", "i.csv"],
+    ):
+        assert parser.parse_args(argv).items == "i.csv"
+    missing = tmp_path / "missing.items.csv"
+    code = main(["infer-intents", "--data", "ml-100k", "--out", str(tmp_path / "o"), "--items", str(missing)])
+    assert code == 2

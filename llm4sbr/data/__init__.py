@@ -22,16 +22,18 @@ from .loaders import (
     Interactions,
     dataset_from_srgnn_pickles,
     read_csv_interactions,
+    read_csv_items,
     read_recbole_inter,
     read_recbole_items,
     read_srgnn_pickle,
     write_srgnn_pickle,
 )
 from .presets import PRESET_OPTIONS, PRESETS, build_dataset
-from .sources import BUILTIN_SOURCES, load_dataset, recbole_ml100k_dir, run_dataset
+from .sources import BUILTIN_SOURCES, ITEM_TABLE_SUFFIX, load_dataset, recbole_ml100k_dir, run_dataset
 
 __all__ = [
     "BUILTIN_SOURCES",
+    "ITEM_TABLE_SUFFIX",
     "PRESETS",
     "PRESET_OPTIONS",
     "EpochShuffleSampler",
@@ -50,6 +52,7 @@ __all__ = [
     "load_dataset",
     "make_loader",
     "read_csv_interactions",
+    "read_csv_items",
     "read_recbole_inter",
     "read_recbole_items",
     "read_srgnn_pickle",

@@ -12,6 +12,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+GATHER_CHUNK = 1 << 20
+"""Items gathered per step when building prefix arrays (bounds the index arrays' memory)."""
+
+
+def gather_segments(
+    source: np.ndarray, starts: np.ndarray, ends: np.ndarray, chunk: int = GATHER_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets [m + 1] int64, items [offsets[-1]] int64)``: the segments
+    ``source[starts[i]:ends[i]]`` (starts, ends [m] int64) one after another, gathered about
+    ``chunk`` items at a time."""
+    lengths = np.asarray(ends, dtype=np.int64) - starts
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    items = np.empty(int(offsets[-1]), dtype=np.int64)
+    first = 0
+    while first < len(lengths):
+        last = max(int(np.searchsorted(offsets, offsets[first] + chunk, side="right")) - 1, first + 1)
+        lo, hi = int(offsets[first]), int(offsets[last])
+        shift = np.repeat(
+            np.asarray(starts[first:last], dtype=np.int64) - offsets[first:last], lengths[first:last]
+        )
+        items[lo:hi] = source[np.arange(lo, hi, dtype=np.int64) + shift]
+        first = last
+    return offsets, items
+
 
 @dataclass
 class SampleSet:
@@ -47,13 +72,10 @@ class SampleSet:
         return np.diff(self.offsets)
 
     def subset(self, index: np.ndarray) -> SampleSet:
-        """The samples at positions ``index`` (in that order)."""
+        """The samples at positions ``index`` [m] (in that order)."""
         index = np.asarray(index, dtype=np.int64)
-        lens = self.lengths()[index]
-        offsets = np.zeros(len(index) + 1, dtype=np.int64)
-        np.cumsum(lens, out=offsets[1:])
-        items = np.concatenate([self.prefix(i) for i in index]) if len(index) else np.zeros(0, np.int64)
-        return SampleSet(offsets, items.astype(np.int64), self.targets[index], self.sample_ids[index])
+        offsets, items = gather_segments(self.items, self.offsets[:-1][index], self.offsets[1:][index])
+        return SampleSet(offsets, items, self.targets[index], self.sample_ids[index])
 
     @classmethod
     def from_lists(

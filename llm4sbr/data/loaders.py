@@ -8,12 +8,18 @@
 
 Timestamps are floats in seconds (the presets' 10-minute buckets and day windows assume seconds).
 
+CSV and ``.inter`` logs are read column by column (:mod:`llm4sbr.data.columnar`: numpy scans
+the bytes, ids become :class:`~llm4sbr.data.columnar.Encoded` codes into their distinct
+values), with the same values, checks and messages as the ``csv`` module gives; files that need
+the ``csv`` module's quoting rules (a ``"`` in a CSV, a bare carriage return, a NUL byte, text
+that is not UTF-8) are read with it, row by row.
+
 Bad input is refused at load time with a ValueError naming the file (and the column and first
 offending data rows where there is one): a header with no data rows, a NaN or infinite timestamp,
 an empty session/user or item id, a short row, a non-numeric timestamp. Readers keep every row,
 exact duplicates included; :func:`~llm4sbr.data.presets.build_dataset` then drops rows identical
-in session, item and timestamp (logging artefacts; a re-click at another time stays) with
-:func:`drop_duplicate_clicks` and counts them in ``SessionDataset.report["duplicates_dropped"]``.
+in session, item and timestamp (logging artefacts; a re-click at another time stays) and counts
+them in ``SessionDataset.report["duplicates_dropped"]``.
 
 SR-GNN pickles are read with a restricted unpickler that refuses every global (so a crafted
 ``train.txt`` cannot run code): builtin lists, tuples and ints need none; numpy integer scalars
@@ -28,11 +34,13 @@ import pickle
 import re
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .columnar import Encoded, ScanResult, Unsupported, encode_column, scan_delimited
 from .dataset import SampleSet, SessionDataset
 from .splits import carve_valid
 
@@ -45,12 +53,14 @@ class Interactions:
     """Clicks in file order, one entry per row.
 
     session [n]: the session key (a user id for per-user presets), str or int; item [n] str raw
-    item ids; timestamp [n] float64 seconds; row [n] int64 position in the source file (the
-    tie-breaker that keeps sorts stable). ``name`` names the source (file stem or built-in name).
+    item ids; either may be an :class:`~llm4sbr.data.columnar.Encoded` column (codes into the
+    distinct values, as the file readers return them). timestamp [n] float64 seconds; row [n]
+    int64 position in the source file (the tie-breaker that keeps sorts stable). ``name`` names
+    the source (file stem or built-in name).
     """
 
-    session: np.ndarray
-    item: np.ndarray
+    session: np.ndarray | Encoded
+    item: np.ndarray | Encoded
     timestamp: np.ndarray
     row: np.ndarray
     name: str = ""
@@ -82,11 +92,15 @@ def _first_rows(index: np.ndarray, limit: int = 5) -> str:
 
 
 def check_finite_timestamps(
-    timestamp: np.ndarray, source: object, raw: list[str] | None = None, rows: np.ndarray | None = None
+    timestamp: np.ndarray,
+    source: object,
+    raw: Sequence[str] | Mapping[int, str] | None = None,
+    rows: np.ndarray | None = None,
 ) -> None:
     """ValueError naming ``source``, the ``timestamp`` column, how many values are NaN or
     infinite and the first such data rows (``rows`` [n]: 0-based row numbers, default positions;
-    ``raw``: the values as text, shown when given)."""
+    ``raw``: the values as text by position, shown when given; a mapping needs only the
+    non-finite ones)."""
     bad = np.flatnonzero(~np.isfinite(np.asarray(timestamp, dtype=np.float64)))
     if len(bad):
         values = raw if raw is not None else np.asarray(timestamp)
@@ -132,6 +146,69 @@ def _interactions(
     )
 
 
+def _scanned_interactions(
+    scan: ScanResult, header: list[str], columns: tuple[int, int, int], path: Path, errors: str
+) -> Interactions:
+    """Interactions from a columnar scan of ``path`` (``columns``: key, item and timestamp
+    positions), refusing bad rows as :func:`_interactions` does, in the same order and with the
+    same messages; ids are decoded with ``errors``."""
+    if not scan.rows:
+        raise ValueError(f"{path}: 0 data rows after the header; nothing to load")
+    if scan.short_row >= 0:
+        raise ValueError(
+            f"{path}: data row {scan.short_row + 1} has {scan.short_fields} fields, "
+            f"expected at least {max(columns) + 1}"
+        )
+    timestamp = scan.timestamp
+    if scan.complex_text:
+        try:
+            timestamp[scan.complex_rows] = np.asarray(scan.complex_text, dtype=np.float64)
+        except ValueError as err:
+            raise ValueError(f"{path}: timestamps must be numbers (seconds): {err}") from None
+        bad = scan.complex_rows[~np.isfinite(timestamp[scan.complex_rows])]
+        if len(bad):
+            shown = set(bad[:5].tolist())
+            rows = scan.complex_rows.tolist()
+            raw = {row: text for row, text in zip(rows, scan.complex_text, strict=True) if row in shown}
+            check_finite_timestamps(timestamp, path, raw=raw)
+    for column, count, first in zip(columns[:2], scan.empty_counts, scan.empty_rows, strict=True):
+        if count:
+            raise ValueError(
+                f"{path}: column {header[column]!r} is empty in {count} of {scan.rows} data rows "
+                f"(first at data rows {_first_rows(first)})"
+            )
+    session = encode_column(scan.words.pop(0), scan.numbers.pop(0), errors)
+    item = encode_column(scan.words.pop(0), scan.numbers.pop(0), errors)
+    return Interactions(session, item, timestamp, np.arange(scan.rows, dtype=np.int64), path.stem)
+
+
+def _read_log(
+    path: Path,
+    delimiter: str,
+    quote: bool,
+    errors: str,
+    header_name: Callable[[str], str],
+    key_names: tuple[str, ...],
+    slow: Callable[[Path], Interactions],
+) -> Interactions:
+    """Read a click log column by column (see the module doc); ``slow(path)``, the ``csv``
+    module reader, handles the files the columnar scan does not and every missing column."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        head = scan_delimited(path, delimiter, quote, errors)
+        header = [header_name(name) for name in head.header]
+        wanted = (key_names, ("item_id",), ("timestamp",))
+        found = [next((header.index(n) for n in names if n in header), None) for names in wanted]
+        if None in found:
+            return slow(path)
+        key, item, time = (int(position) for position in found)
+        scan = scan_delimited(path, delimiter, quote, errors, id_columns=(key, item), time_column=time)
+    except Unsupported:
+        return slow(path)
+    return _scanned_interactions(scan, header, (key, item, time), path, errors)
+
+
 def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header field names (type suffix stripped) and the rows of a RecBole atomic file."""
     if not path.is_file():
@@ -152,6 +229,19 @@ def read_recbole_inter(path: str | os.PathLike) -> Interactions:
     and ``timestamp`` are required. Raises FileNotFoundError or ValueError naming the file.
     """
     path = Path(path)
+    return _read_log(
+        path,
+        "\t",
+        False,
+        "replace",
+        lambda name: name.split(":", 1)[0],
+        ("session_id", "user_id"),
+        _inter_rows,
+    )
+
+
+def _inter_rows(path: Path) -> Interactions:
+    """:func:`read_recbole_inter` with the csv module, row by row."""
     header, rows = _read_atomic(path)
     key = _column_index(header, ("session_id", "user_id"), path)
     item = _column_index(header, ("item_id",), path)
@@ -203,9 +293,62 @@ def read_csv_interactions(path: str | os.PathLike) -> Interactions:
     timestamp that is not a finite number, an empty ``session_id`` or ``item_id``, text that is
     not UTF-8 or not CSV.
     """
+    return _read_log(Path(path), ",", True, "strict", str.strip, ("session_id",), _csv_rows)
+
+
+ITEM_ID_FIELDS = ("item_id",)
+ITEM_TITLE_FIELDS = ("title", "name", "item_name")
+
+
+def read_csv_items(path: str | os.PathLike) -> dict[str, str]:
+    """Read a CSV item table into ``{raw item id: display name}``.
+
+    The header names the id column ``item_id`` and the title column ``title``, ``name`` or
+    ``item_name`` (the first present); other columns are ignored and blank lines skipped.
+    Titles are stripped of surrounding whitespace; an empty title, or a row that ends before
+    the title column, gives ``""``. Raises FileNotFoundError for a missing file and ValueError
+    naming the file for: an empty file, a missing id or title column, an empty ``item_id``, an
+    item id on more than one row, text that is not UTF-8 or not CSV.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise FileNotFoundError(f"no such item table: {path}")
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            first = next(reader, None)
+            if first is None:
+                raise ValueError(f"{path}: empty file, expected a header with item_id and a title column")
+            header = [name.strip() for name in first]
+            item = _column_index(header, ITEM_ID_FIELDS, path)
+            title = _column_index(header, ITEM_TITLE_FIELDS, path)
+            rows = [row for row in reader if row]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (line {reader.line_num + 1}): {err}") from None
+        except csv.Error as err:
+            raise ValueError(f"{path}: not readable as CSV (line {reader.line_num}): {err}") from None
+    ids = [row[item] if item < len(row) else "" for row in rows]
+    empty = np.flatnonzero([not raw for raw in ids])
+    if len(empty):
+        raise ValueError(
+            f"{path}: column {header[item]!r} is empty in {len(empty)} of {len(rows)} data rows "
+            f"(first at data rows {_first_rows(empty)})"
+        )
+    table = {raw: row[title].strip() if title < len(row) else "" for raw, row in zip(ids, rows, strict=True)}
+    if len(table) < len(rows):
+        seen: dict[str, int] = {}
+        for number, raw in enumerate(ids):
+            if raw in seen:
+                raise ValueError(
+                    f"{path}: {len(rows) - len(table)} row(s) repeat an earlier item id; item ids must be "
+                    f"unique (first: {raw!r} at data rows {seen[raw] + 1} and {number + 1})"
+                )
+            seen[raw] = number
+    return table
+
+
+def _csv_rows(path: Path) -> Interactions:
+    """:func:`read_csv_interactions` with the csv module, row by row."""
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         try:
@@ -222,39 +365,6 @@ def read_csv_interactions(path: str | os.PathLike) -> Interactions:
         except csv.Error as err:
             raise ValueError(f"{path}: not readable as CSV (line {reader.line_num}): {err}") from None
     return _interactions(rows, header, key, item, time, path)
-
-
-def drop_duplicate_clicks(interactions: Interactions) -> tuple[Interactions, int]:
-    """``(interactions without exact duplicates, how many rows were dropped)``.
-
-    A duplicate is a row equal to an earlier one (by ``row``) in session key, item and timestamp;
-    the earliest is kept, so a re-click of an item at another time stays. Without duplicates the
-    same object is returned.
-    """
-    n = len(interactions)
-    if n < 2:
-        return interactions, 0
-    codes = [
-        np.unique(column, return_inverse=True)[1].ravel()
-        for column in (interactions.session, interactions.item, interactions.timestamp)
-    ]
-    order = np.lexsort((interactions.row, codes[2], codes[1], codes[0]))
-    same = np.ones(n - 1, dtype=bool)
-    for code in codes:
-        ordered = code[order]
-        same &= ordered[1:] == ordered[:-1]
-    if not same.any():
-        return interactions, 0
-    keep = np.ones(n, dtype=bool)
-    keep[order[1:][same]] = False
-    deduplicated = Interactions(
-        session=interactions.session[keep],
-        item=interactions.item[keep],
-        timestamp=interactions.timestamp[keep],
-        row=interactions.row[keep],
-        name=interactions.name,
-    )
-    return deduplicated, int(n - keep.sum())
 
 
 class _RefusedGlobal(pickle.UnpicklingError):

@@ -47,20 +47,27 @@ a single click; how many sessions, clicks and items each filter dropped; no sess
 the test window; ...). An empty valid split is allowed, since small data may have none, but its
 reason is recorded in ``report["empty_splits"]`` and, unless ``valid_fraction=0`` asked for it,
 a UserWarning says so.
+
+Everything runs on arrays, with no Python object per click: the clicks are ordered by one sort
+of (session key, file position) pairs packed in an int64 (only the sessions whose clicks are
+then out of time order are sorted again), the sessions are CSR offsets into the sorted clicks,
+each filter is a mask, and the samples are gathered a bounded chunk at a time into arrays
+allocated once. The Interactions are freed once sorted when the caller holds no reference to
+them (:func:`build_dataset_from`, which ``load_dataset`` uses).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .columnar import Encoded
 from .dataset import SampleSet, SessionDataset
-from .loaders import Interactions, check_finite_timestamps, drop_duplicate_clicks
-from .splits import carve_valid, gather_samples, prefix_samples, take
+from .loaders import Interactions, check_finite_timestamps
+from .splits import draw_valid_groups, session_samples
 
 PRESET_OPTIONS: dict[str, dict[str, object]] = {
     "movielens": {"bucket_seconds": 600.0, "min_item_count": 5, "train_fraction": 0.9},
@@ -73,52 +80,82 @@ PRESETS = tuple(PRESET_OPTIONS)
 
 @dataclass
 class _Sessions:
-    """Clicks grouped into ordered sessions: ``clicks`` indexes the Interactions arrays, and
-    ``session`` [n] is the non-decreasing session number of each click."""
+    """Clicks grouped into ordered sessions, in CSR form: session s holds the clicks
+    ``clicks[offsets[s]:offsets[s + 1]]`` (never none). clicks [n] (int32 or int64) indexes the
+    sorted :class:`_Clicks`; offsets [count + 1] int64."""
 
     clicks: np.ndarray
-    session: np.ndarray
+    offsets: np.ndarray
 
     def lengths(self) -> np.ndarray:
-        return np.bincount(self.session, minlength=self.count())
+        return np.diff(self.offsets)
 
     def count(self) -> int:
-        return int(self.session[-1]) + 1 if len(self.session) else 0
+        return len(self.offsets) - 1
 
-    def offsets(self) -> np.ndarray:
-        offsets = np.zeros(self.count() + 1, dtype=np.int64)
-        np.cumsum(self.lengths(), out=offsets[1:])
-        return offsets
+    def per_click(self, values: np.ndarray) -> np.ndarray:
+        """Per-session ``values`` [count] repeated for each click [n]."""
+        return np.repeat(values, self.lengths())
+
+    def numbers(self) -> np.ndarray:
+        """The session number [n] int64 of each click."""
+        return self.per_click(np.arange(self.count(), dtype=np.int64))
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Per-session sums [count] int64 of per-click ``values`` [n] (bool or integer)."""
+        if not self.count():
+            return np.zeros(0, dtype=np.int64)
+        return np.add.reduceat(values, self.offsets[:-1], dtype=np.int64)
 
     def keep_clicks(self, mask: np.ndarray) -> _Sessions:
-        """Drop the clicks where ``mask`` is False and renumber the sessions left."""
-        session = self.session[mask]
-        _, renumbered = np.unique(session, return_inverse=True)
-        return _Sessions(self.clicks[mask], renumbered.astype(np.int64))
+        """Drop the clicks where ``mask`` [n] is False and the sessions left with none."""
+        kept = self.sum(mask)
+        offsets = np.zeros(np.count_nonzero(kept) + 1, dtype=np.int64)
+        np.cumsum(kept[kept > 0], out=offsets[1:])
+        return _Sessions(self.clicks[mask], offsets)
 
     def keep_sessions(self, keep: np.ndarray) -> _Sessions:
-        return self.keep_clicks(keep[self.session])
+        return self.keep_clicks(self.per_click(keep))
 
-    def reorder(self, session_rank: np.ndarray) -> _Sessions:
-        """Reorder sessions by ``session_rank`` [n_sessions] (stable), clicks within unchanged."""
-        order = np.argsort(session_rank[self.session], kind="stable")
-        _, renumbered = np.unique(session_rank[self.session][order], return_inverse=True)
-        return _Sessions(self.clicks[order], renumbered.astype(np.int64))
+    def reorder(self, order: np.ndarray) -> _Sessions:
+        """The sessions in the order ``order`` [count] (a permutation), clicks within
+        unchanged."""
+        offsets, positions = _gather_positions(self.offsets[:-1][order], self.lengths()[order])
+        return _Sessions(self.clicks[positions], offsets)
+
+
+def _gather_positions(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets [m + 1], positions [offsets[-1]])`` int64: the ranges ``starts[i] ..
+    starts[i] + lengths[i] - 1`` one after another."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    positions = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+    return offsets, positions
 
 
 @dataclass
 class _Trace:
     """What a preset's grouping and filters did, for ``SessionDataset.report`` and for the errors
-    that explain an empty split. ``item_codes`` [n] int64 codes the Interactions' items."""
+    that explain an empty split. ``item_codes`` [m] codes the items of the sorted clicks."""
 
     item_codes: np.ndarray
     grouped: dict = field(default_factory=dict)
     filters: list = field(default_factory=list)
     facts: dict = field(default_factory=dict)
+    last: tuple[_Sessions, dict[str, int]] | None = None
 
     def counts(self, sessions: _Sessions) -> dict[str, int]:
-        items = np.count_nonzero(np.bincount(self.item_codes[sessions.clicks])) if len(sessions.clicks) else 0
-        return {"sessions": sessions.count(), "clicks": len(sessions.clicks), "items": int(items)}
+        """Sessions, clicks and items of ``sessions`` (kept for the next call: a filter's input
+        is the previous one's output)."""
+        if self.last is not None and self.last[0] is sessions:
+            return dict(self.last[1])
+        counted = {
+            "sessions": sessions.count(),
+            "clicks": len(sessions.clicks),
+            "items": int(np.count_nonzero(_item_counts(self.item_codes, sessions))),
+        }
+        self.last = (sessions, counted)
+        return dict(counted)
 
     def start(self, sessions: _Sessions, keyed_by: str) -> None:
         single = int((sessions.lengths() == 1).sum())
@@ -129,9 +166,31 @@ class _Trace:
         self.filters.append({"filter": what, **{f"{key}_dropped": old[key] - new[key] for key in old}})
 
 
-def key_rank(keys: np.ndarray) -> np.ndarray:
-    """Rank [n] int64 of each key in sort order: numeric for integers and all-digit strings,
-    lexicographic for other strings; equal keys get equal ranks."""
+@dataclass
+class _Clicks:
+    """The clicks a preset works on, exact duplicates left out, sorted by (session key,
+    timestamp, file row). key [m] ranks the session keys (:func:`key_rank`), item [m] codes the
+    items, timestamp [m] float64, row [m] orders the file rows (the rows themselves, or
+    positions when the file rows were increasing). ``name`` names the source."""
+
+    key: np.ndarray
+    item: np.ndarray
+    timestamp: np.ndarray
+    row: np.ndarray
+    name: str
+
+    def permute(self, positions: np.ndarray, permutation: np.ndarray) -> None:
+        """Reorder the clicks at ``positions`` [k] by ``permutation`` [k] of them."""
+        for values in (self.key, self.item, self.timestamp, self.row):
+            values[positions] = values[positions][permutation]
+
+
+def key_rank(keys: np.ndarray | Encoded) -> np.ndarray:
+    """Rank [n] of each key in sort order: numeric for integers and all-digit strings,
+    lexicographic for other strings; equal keys get equal ranks. int64, or an Encoded column's
+    codes when they are ``ordered`` (else it is ranked by its distinct values)."""
+    if isinstance(keys, Encoded):
+        return keys.codes if keys.ordered else key_rank(keys.values)[keys.codes]
     unique, inverse = np.unique(keys, return_inverse=True)
     if unique.dtype.kind in "US" and len(unique) and np.char.isdigit(unique.astype(str)).all():
         # Digit strings compare as numbers by (significant length, text), with no overflow.
@@ -139,22 +198,123 @@ def key_rank(keys: np.ndarray) -> np.ndarray:
         order = np.lexsort((unique, significant, np.char.str_len(significant)))
         rank_of_unique = np.empty(len(unique), dtype=np.int64)
         rank_of_unique[order] = np.arange(len(unique))
-        return rank_of_unique[inverse]
-    return inverse.astype(np.int64)
+        return rank_of_unique[inverse.ravel()]
+    return inverse.ravel().astype(np.int64)
 
 
-def _group(interactions: Interactions, *keys: np.ndarray) -> _Sessions:
-    """Sessions keyed by ``keys`` (compared in that order), clicks by (timestamp, file row)."""
-    order = np.lexsort((interactions.row, interactions.timestamp, *reversed(keys)))
-    changes = np.zeros(len(order), dtype=bool)
+def _encode(column: np.ndarray | Encoded) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values [k], codes [n] into them) of an item column."""
+    if isinstance(column, Encoded):
+        return column.values, column.codes
+    values, codes = np.unique(column, return_inverse=True)
+    return values, codes.ravel().astype(np.int64)
+
+
+def _index_type(n: int) -> type:
+    """The integer type of positions into ``n`` clicks."""
+    return np.int32 if n < 2**31 else np.int64
+
+
+def _unsorted(key: np.ndarray, timestamp: np.ndarray, row: np.ndarray) -> np.ndarray | None:
+    """Positions [k] of the clicks of every key whose (timestamp, row) are not increasing, in
+    clicks grouped by ``key`` [m] (non-decreasing); None when there is none."""
+    same = key[1:] == key[:-1]
+    late = (timestamp[1:] < timestamp[:-1]) | ((timestamp[1:] == timestamp[:-1]) & (row[1:] < row[:-1]))
+    late &= same
+    if not late.any():
+        return None
+    bad_key = np.zeros(int(key.max()) + 1, dtype=bool)
+    bad_key[key[1:][late]] = True
+    return np.flatnonzero(bad_key[key])
+
+
+def _duplicates(clicks: _Clicks) -> np.ndarray | None:
+    """Mask [m] of the clicks equal to an earlier one (by file row) in session key, item and
+    timestamp; None when there is none. Such clicks share a (key, timestamp) run, so only runs
+    longer than one click are compared."""
+    key, item, timestamp, row = clicks.key, clicks.item, clicks.timestamp, clicks.row
+    tie = (key[1:] == key[:-1]) & (timestamp[1:] == timestamp[:-1])
+    if not tie.any():
+        return None
+    in_long_run = np.zeros(len(key), dtype=bool)
+    in_long_run[1:] = tie
+    in_long_run[:-1] |= tie
+    candidates = np.flatnonzero(in_long_run)
+    candidates = candidates[
+        np.lexsort((row[candidates], item[candidates], timestamp[candidates], key[candidates]))
+    ]
+    k, i, t = key[candidates], item[candidates], timestamp[candidates]
+    again = (k[1:] == k[:-1]) & (t[1:] == t[:-1]) & (i[1:] == i[:-1])
+    drop = np.zeros(len(key), dtype=bool)
+    drop[candidates[1:][again]] = True
+    return drop
+
+
+def _sorted_clicks(
+    interactions: Interactions, key: np.ndarray, item_codes: np.ndarray
+) -> tuple[_Clicks, int]:
+    """The clicks of ``interactions`` (session-key ranks ``key`` [n], item codes [n]) sorted by
+    (key, timestamp, row) without exact duplicates, and how many duplicates were left out.
+
+    When rows are in file order and (key, position) fits an int64, one sort of those packed
+    pairs orders the clicks by key and file row, and only the keys whose clicks are then not
+    in time order are sorted again (a log is usually appended in time order); otherwise
+    ``np.lexsort``.
+    """
+    n = len(key)
+    timestamp, row = interactions.timestamp, interactions.row
+    index_type = _index_type(n)
+    shift = max(1, (n - 1).bit_length())
+    in_file_order = n < 2 or bool((row[1:] > row[:-1]).all())
+    if in_file_order and int(key.min(initial=0)) >= 0 and int(key.max(initial=0)).bit_length() + shift <= 63:
+        packed = key.astype(np.int64)
+        packed <<= shift
+        packed |= np.arange(n, dtype=np.int64)
+        packed.sort()
+        sorted_key = np.empty(n, dtype=key.dtype)
+        np.right_shift(packed, shift, out=sorted_key, casting="unsafe")
+        packed &= (1 << shift) - 1
+        order = packed.astype(index_type)
+        del packed
+    else:
+        order = np.lexsort((row, timestamp, key)).astype(index_type)
+        sorted_key = key[order]
+    sorted_time = timestamp[order]
+    # Positions order the rows as well when the rows are in file order.
+    sorted_row = order if in_file_order else row[order]
+    redo = _unsorted(sorted_key, sorted_time, sorted_row)
+    if redo is not None:
+        by = np.lexsort((sorted_row[redo], sorted_time[redo], sorted_key[redo]))
+        for values in {id(v): v for v in (order, sorted_time, sorted_row)}.values():
+            values[redo] = values[redo][by]
+    clicks = _Clicks(sorted_key, item_codes[order], sorted_time, sorted_row, interactions.name)
+    del order
+    drop = _duplicates(clicks)
+    if drop is None:
+        return clicks, 0
+    keep = ~drop
+    for name in ("key", "item", "timestamp", "row"):  # one at a time, each old array freed first
+        setattr(clicks, name, getattr(clicks, name)[keep])
+    return clicks, int(drop.sum())
+
+
+def _group(clicks: _Clicks, *keys: np.ndarray) -> _Sessions:
+    """Sessions of the (sorted) clicks that start wherever one of ``keys`` [m] changes."""
+    m = len(clicks.key)
+    changes = np.zeros(m, dtype=bool)
+    changes[:1] = True
     for key in keys:
-        ordered = key[order]
-        changes[1:] |= ordered[1:] != ordered[:-1]
-    return _Sessions(order.astype(np.int64), np.cumsum(changes).astype(np.int64))
+        changes[1:] |= key[1:] != key[:-1]
+    offsets = np.append(np.flatnonzero(changes), m).astype(np.int64)
+    return _Sessions(np.arange(m, dtype=_index_type(m)), offsets)
 
 
-def _item_counts(item_codes: np.ndarray, sessions: _Sessions) -> np.ndarray:
-    return np.bincount(item_codes[sessions.clicks], minlength=int(item_codes.max(initial=-1)) + 1)
+def _item_counts(item_codes: np.ndarray, sessions: _Sessions, chunk: int = 1 << 20) -> np.ndarray:
+    """Clicks [k] int64 of each item code in the sessions, counted ``chunk`` clicks at a time."""
+    counts = np.zeros(int(item_codes.max(initial=-1)) + 1, dtype=np.int64)
+    for lo in range(0, len(sessions.clicks), chunk):
+        counts += np.bincount(item_codes[sessions.clicks[lo : lo + chunk]], minlength=len(counts))
+    return counts
 
 
 def _split_point(n_sessions: int, train_fraction: float) -> int:
@@ -163,25 +323,24 @@ def _split_point(n_sessions: int, train_fraction: float) -> int:
     return int(n_sessions * train_fraction)
 
 
-def _movielens(
-    interactions: Interactions, item_codes: np.ndarray, options: dict, trace: _Trace
-) -> tuple[_Sessions, int]:
+def _movielens(clicks: _Clicks, options: dict, trace: _Trace) -> tuple[_Sessions, int]:
+    item_codes, timestamp = clicks.item, clicks.timestamp
     bucket_seconds = float(options["bucket_seconds"])
     if not bucket_seconds > 0:
         raise ValueError(f"bucket_seconds must be > 0, got {options['bucket_seconds']}")
-    buckets = interactions.timestamp / bucket_seconds
+    buckets = timestamp / bucket_seconds
     if len(buckets) and np.abs(buckets).max() >= 2.0**62:
         raise ValueError(
-            f"{interactions.name}: timestamps up to {np.abs(interactions.timestamp).max():g} seconds are too "
+            f"{clicks.name}: timestamps up to {np.abs(timestamp).max():g} seconds are too "
             f"large to bucket by bucket_seconds={bucket_seconds:g}; timestamps must be seconds"
         )
+    # The bucket grows with the timestamp, so (key, timestamp, row) order is (key, bucket) order.
     bucket = np.floor(buckets).astype(np.int64)
-    sessions = _group(interactions, key_rank(interactions.session), bucket)
+    del buckets
+    sessions = _group(clicks, clicks.key, bucket)
     trace.start(sessions, f"(session key, {bucket_seconds:g}-second time bucket)")
     rare = _item_counts(item_codes, sessions) < int(options["min_item_count"])
-    has_rare = np.bincount(
-        sessions.session, weights=rare[item_codes[sessions.clicks]], minlength=sessions.count()
-    )
+    has_rare = sessions.sum(rare[item_codes[sessions.clicks]])
     long_enough = sessions.lengths() >= 2
     kept = sessions.keep_sessions((has_rare == 0) & long_enough)
     without_short = sessions.keep_sessions(long_enough)
@@ -191,17 +350,16 @@ def _movielens(
     return kept, _split_point(kept.count(), float(options["train_fraction"]))
 
 
-def _amazon(
-    interactions: Interactions, item_codes: np.ndarray, options: dict, trace: _Trace
-) -> tuple[_Sessions, int]:
-    sessions = _group(interactions, key_rank(interactions.session))
+def _amazon(clicks: _Clicks, options: dict, trace: _Trace) -> tuple[_Sessions, int]:
+    item_codes = clicks.item
+    sessions = _group(clicks, clicks.key)
     trace.start(sessions, "session key (user)")
     grouped = sessions
     k_core = int(options["k_core"] or 0)
     while k_core > 0:
         item_ok = _item_counts(item_codes, sessions) >= k_core
         user_ok = sessions.lengths() >= k_core
-        keep = item_ok[item_codes[sessions.clicks]] & user_ok[sessions.session]
+        keep = item_ok[item_codes[sessions.clicks]] & sessions.per_click(user_ok)
         if keep.all():
             break
         sessions = sessions.keep_clicks(keep)
@@ -213,27 +371,28 @@ def _amazon(
     return kept, _split_point(kept.count(), float(options["train_fraction"]))
 
 
-def _srgnn(
-    interactions: Interactions, item_codes: np.ndarray, options: dict, trace: _Trace
-) -> tuple[_Sessions, int]:
-    grouped = _group(interactions, key_rank(interactions.session))
+def _srgnn(clicks: _Clicks, options: dict, trace: _Trace) -> tuple[_Sessions, int]:
+    timestamp, item_codes = clicks.timestamp, clicks.item
+    grouped = _group(clicks, clicks.key)
     trace.start(grouped, "session key")
     sessions = grouped.keep_sessions(grouped.lengths() >= 2)
     trace.drop("sessions of a single click", grouped, sessions)
+    del grouped
     date = np.full(sessions.count(), -np.inf)
-    np.maximum.at(date, sessions.session, interactions.timestamp[sessions.clicks])
+    np.maximum.at(date, sessions.numbers(), timestamp[sessions.clicks])
     frequent = _item_counts(item_codes, sessions) >= int(options["min_item_count"])
     kept = frequent[item_codes[sessions.clicks]]
-    survives = np.bincount(sessions.session, weights=kept, minlength=sessions.count()) >= 2
+    survives = sessions.sum(kept) >= 2
     date = date[survives]
     before = sessions
-    sessions = sessions.keep_clicks(kept & survives[sessions.session])
+    sessions = sessions.keep_clicks(kept & sessions.per_click(survives))
     trace.drop(
         f"clicks of items seen fewer than min_item_count={options['min_item_count']} times, "
         "then sessions left shorter than 2 clicks",
         before,
         sessions,
     )
+    del before, kept
     if not sessions.count():
         return sessions, 0
     is_test = date > date.max() - 86400.0 * float(options["test_days"])
@@ -243,37 +402,39 @@ def _srgnn(
         test_window_sessions=int(is_test.sum()),
     )
     # Train sessions by date, then test sessions by date; ties keep key order.
-    sessions = sessions.reorder(np.lexsort((date, is_test)).argsort())
+    sessions = sessions.reorder(np.lexsort((date, is_test)))
     is_test = np.sort(is_test)
     n_train = int((~is_test).sum())
     train_items = np.zeros(int(item_codes.max(initial=-1)) + 1, dtype=bool)
-    train_items[item_codes[sessions.clicks[~is_test[sessions.session]]]] = True
+    train_items[item_codes[sessions.clicks[: int(sessions.offsets[n_train])]]] = True
     seen_in_train = train_items[item_codes[sessions.clicks]]
     before = sessions
-    sessions = sessions.keep_clicks(~is_test[sessions.session] | seen_in_train)
+    sessions = sessions.keep_clicks(~sessions.per_click(is_test) | seen_in_train)
     trace.drop("test clicks of items absent from train", before, sessions)
+    del before, seen_in_train
     # Only test sessions can shrink, so the first n_train sessions are still the train ones.
     kept = sessions.keep_sessions(sessions.lengths() >= 2)
     trace.drop("test sessions left shorter than 2 clicks", sessions, kept)
     return kept, n_train
 
 
-def _leave_one_out(
-    interactions: Interactions, item_codes: np.ndarray, options: dict, trace: _Trace
-) -> tuple[_Sessions, int]:
+def _leave_one_out(clicks: _Clicks, options: dict, trace: _Trace) -> tuple[_Sessions, int]:
     if options["float32_time"]:
-        t = interactions.timestamp
+        t = clicks.timestamp
         span = max(float(t.max() - t.min()), 1e-300)
         normalised = ((t - t.min()) / span).astype(np.float32).astype(np.float64)
-        interactions = dataclasses.replace(interactions, timestamp=normalised)
-    sessions = _group(interactions, key_rank(interactions.session))
+        # Normalising keeps the time order but can tie clicks, which then go by file row.
+        redo = _unsorted(clicks.key, normalised, clicks.row)
+        if redo is not None:
+            clicks.permute(redo, np.lexsort((clicks.row[redo], normalised[redo], clicks.key[redo])))
+    sessions = _group(clicks, clicks.key)
     trace.start(sessions, "session key (user)")
     kept = sessions.keep_sessions(sessions.lengths() >= 2)
     trace.drop("users with fewer than 2 clicks", sessions, kept)
     return kept, kept.count()
 
 
-_BUILDERS: dict[str, Callable[[Interactions, np.ndarray, dict, _Trace], tuple[_Sessions, int]]] = {
+_BUILDERS: dict[str, Callable[[_Clicks, dict, _Trace], tuple[_Sessions, int]]] = {
     "movielens": _movielens,
     "amazon": _amazon,
     "srgnn": _srgnn,
@@ -294,22 +455,28 @@ def _resolve_options(preset: str, options: dict) -> dict:
 def _leave_one_out_splits(
     model_items: np.ndarray, offsets: np.ndarray, max_history: int
 ) -> dict[str, SampleSet]:
-    starts, ends, targets = prefix_samples(offsets, augment=True, max_history=max_history)
+    """Per user with k samples (every prefix, shortest first): the last is test when k >= 2,
+    the one before valid when k >= 3, the rest train; ids number train, then valid, then test."""
     per_user = np.maximum(np.diff(offsets) - 1, 0)
-    last = np.cumsum(per_user) - 1
-    role = np.zeros(len(ends), dtype=np.int8)  # 0 train, 1 valid, 2 test
-    role[last[per_user >= 2]] = 2
-    role[last[per_user >= 3] - 1] = 1
-    splits = {}
-    next_id = 0
-    for code, name in enumerate(("train", "valid", "test")):
-        index = np.flatnonzero(role == code)
-        ids = np.arange(next_id, next_id + len(index), dtype=np.int64)
-        splits[name] = gather_samples(
-            model_items, starts[index], ends[index], model_items[targets[index]], ids
-        )
-        next_id += len(index)
-    return splits
+    in_test = (per_user >= 2).astype(np.int64)
+    in_valid = (per_user >= 3).astype(np.int64)
+    n_train = per_user - in_test - in_valid
+    train_total, valid_total = int(n_train.sum()), int(in_valid.sum())
+    valid_ids = train_total + np.cumsum(in_valid) - in_valid
+    test_ids = train_total + valid_total + np.cumsum(in_test) - in_test
+    users = np.arange(len(per_user), dtype=np.int64)
+    first_train_ids = np.cumsum(n_train) - n_train
+    return {
+        "train": session_samples(
+            model_items, offsets, users, np.zeros_like(users), n_train, first_train_ids, max_history
+        ),
+        "valid": session_samples(
+            model_items, offsets, np.flatnonzero(in_valid), per_user - 2, per_user - 1, valid_ids, max_history
+        ),
+        "test": session_samples(
+            model_items, offsets, np.flatnonzero(in_test), per_user - 1, per_user, test_ids, max_history
+        ),
+    }
 
 
 def _ordered_splits(
@@ -320,21 +487,32 @@ def _ordered_splits(
     valid_fraction: float,
     seed: int,
 ) -> tuple[dict[str, SampleSet], dict[str, int]]:
-    starts, ends, targets = prefix_samples(offsets, augment=augment)
-    sample_session = np.searchsorted(offsets, starts, side="right") - 1
-    samples = gather_samples(model_items, starts, ends, model_items[targets], np.arange(len(ends)))
-    is_train = sample_session < n_train
-    train, valid = carve_valid(
-        take(samples, np.flatnonzero(is_train)), sample_session[is_train], valid_fraction, seed
-    )
-    # Sample ids are positions in ``samples`` here, so they index ``sample_session``.
-    n_valid_sessions = len(np.unique(sample_session[valid.sample_ids]))
-    session_counts = {
-        "train": n_train - n_valid_sessions,
-        "valid": n_valid_sessions,
-        "test": len(offsets) - 1 - n_train,
+    """Train = the first ``n_train`` sessions less the valid ones drawn from them, test = the
+    rest. Samples: every prefix with ``augment``, else s[:-1] -> s[-1]; ids number all samples
+    in session order."""
+    lengths = np.diff(offsets)
+    if augment:
+        first_step = np.zeros_like(lengths)
+        per_session = np.maximum(lengths - 1, 0)
+    else:
+        first_step = np.maximum(lengths - 2, 0)
+        per_session = (lengths >= 2).astype(np.int64)
+    stop_step = first_step + per_session
+    first_ids = np.cumsum(per_session) - per_session
+    chosen = draw_valid_groups(np.flatnonzero(per_session[:n_train] > 0), valid_fraction, seed)
+    in_valid = np.zeros(len(lengths), dtype=bool)
+    in_valid[chosen] = True
+
+    def samples(sessions: np.ndarray) -> SampleSet:
+        return session_samples(model_items, offsets, sessions, first_step, stop_step, first_ids)
+
+    splits = {
+        "train": samples(np.flatnonzero(~in_valid[:n_train])),
+        "valid": samples(np.flatnonzero(in_valid)),
+        "test": samples(np.arange(n_train, len(lengths), dtype=np.int64)),
     }
-    return {"train": train, "valid": valid, "test": take(samples, np.flatnonzero(~is_train))}, session_counts
+    session_counts = {"train": n_train - len(chosen), "valid": len(chosen), "test": len(lengths) - n_train}
+    return splits, session_counts
 
 
 def _trail(report: dict) -> str:
@@ -448,6 +626,25 @@ def build_dataset(
     train split; an empty test split unless ``train_fraction=1``. An empty valid split is allowed
     and recorded, with a UserWarning unless ``valid_fraction=0``.
     """
+    return build_dataset_from(
+        lambda: interactions, item_table, preset, seed=seed, valid_fraction=valid_fraction, **options
+    )
+
+
+def build_dataset_from(
+    read: Callable[[], Interactions],
+    item_table: dict[str, str] | None,
+    preset: str,
+    *,
+    seed: int = 0,
+    valid_fraction: float = 0.1,
+    **options: object,
+) -> SessionDataset:
+    """:func:`build_dataset` of the Interactions ``read()`` returns (called first, so a file's
+    errors come before the options'). When ``read`` keeps no reference to them, as a file reader
+    does, their memory is freed once the clicks are sorted, before the sessions and samples are
+    built."""
+    interactions = read()
     resolved = _resolve_options(preset, options)
     if preset == "leave-one-out" and int(resolved["max_history"]) < 1:
         raise ValueError(f"max_history must be >= 1, got {resolved['max_history']}")
@@ -456,16 +653,20 @@ def build_dataset(
         raise ValueError(f"valid_fraction must lie in [0, 1), got {valid_fraction}")
     if "train_fraction" in resolved:
         _split_point(0, float(resolved["train_fraction"]))
-    source = interactions.name or "interactions"
+    dataset_name, source = interactions.name, interactions.name or "interactions"
     rows = len(interactions)
     if not rows:
         raise ValueError(f"{preset} preset on {source!r}: 0 rows (clicks) to build sessions from")
     check_finite_timestamps(interactions.timestamp, source, rows=interactions.row)
-    interactions, duplicates = drop_duplicate_clicks(interactions)
-    item_vocab, item_codes = np.unique(interactions.item, return_inverse=True)
-    item_codes = item_codes.astype(np.int64)
-    trace = _Trace(item_codes)
-    sessions, n_train = _BUILDERS[preset](interactions, item_codes, resolved, trace)
+    item_vocab, item_codes = _encode(interactions.item)
+    clicks, duplicates = _sorted_clicks(interactions, key_rank(interactions.session), item_codes)
+    # The sorted clicks hold all that is needed from here: free the Interactions (whose memory
+    # returns when ``read`` kept no reference to them).
+    del interactions, item_codes
+    items = clicks.item
+    trace = _Trace(items)
+    sessions, n_train = _BUILDERS[preset](clicks, resolved, trace)
+    del clicks
     report = {
         "source": source,
         "rows": rows,
@@ -485,23 +686,27 @@ def build_dataset(
             f"{_no_sessions_reason(report)} ({_trail(report)})"
         )
 
-    ordered_codes = item_codes[sessions.clicks]
-    first_seen_codes, first_position = np.unique(ordered_codes, return_index=True)
-    appearance = first_seen_codes[np.argsort(first_position)]
-    model_id_of_code = np.zeros(len(item_vocab), dtype=np.int64)
+    ordered_codes = items[sessions.clicks]
+    n_sessions, n_clicks, offsets = sessions.count(), len(sessions.clicks), sessions.offsets
+    del sessions, items, trace
+    first_position = np.full(len(item_vocab), n_clicks, dtype=np.int64)
+    np.minimum.at(first_position, ordered_codes, np.arange(n_clicks, dtype=np.int64))
+    seen = np.flatnonzero(first_position < n_clicks)
+    appearance = seen[np.argsort(first_position[seen])]
+    model_id_of_code = np.zeros(len(item_vocab), dtype=np.int32 if len(appearance) < 2**31 else np.int64)
     model_id_of_code[appearance] = np.arange(1, len(appearance) + 1)
     model_items = model_id_of_code[ordered_codes]
-    offsets = sessions.offsets()
+    del ordered_codes, first_position
 
     if preset == "leave-one-out":
         splits = _leave_one_out_splits(model_items, offsets, int(resolved["max_history"]))
-        session_counts = {"users": sessions.count()}
+        session_counts = {"users": n_sessions}
     else:
         augment = preset != "movielens"
         splits, session_counts = _ordered_splits(model_items, offsets, n_train, augment, valid_fraction, seed)
 
     empty = {
-        name: _empty_split_reason(name, preset, resolved, n_train, sessions.count(), valid_fraction, report)
+        name: _empty_split_reason(name, preset, resolved, n_train, n_sessions, valid_fraction, report)
         for name, split in splits.items()
         if not len(split)
     }
@@ -524,14 +729,14 @@ def build_dataset(
         "valid_split": "recbole leave-one-out"
         if preset == "leave-one-out"
         else "carved from train by session",
-        "sessions": {"total": sessions.count(), **session_counts},
+        "sessions": {"total": n_sessions, **session_counts},
         "samples": samples,
-        "clicks": len(sessions.clicks),
+        "clicks": n_clicks,
         "items": len(appearance),
         "mean_prefix_length": total_prefix / max(sum(samples.values()), 1),
     }
     return SessionDataset(
-        name=interactions.name,
+        name=dataset_name,
         n_items=len(appearance),
         item_raw_ids=["[PAD]", *raw_ids],
         item_names=["", *(table.get(raw, "") for raw in raw_ids)],

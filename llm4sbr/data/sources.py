@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,15 @@ from .dataset import SessionDataset
 from .loaders import (
     dataset_from_srgnn_pickles,
     read_csv_interactions,
+    read_csv_items,
     read_recbole_inter,
     read_recbole_items,
 )
-from .presets import PRESETS, build_dataset
+from .presets import PRESETS, build_dataset_from
 
 BUILTIN_SOURCES = ("ml-100k",)
+ITEM_TABLE_SUFFIX = ".items.csv"
+"""A CSV log ``<stem>.csv`` takes its item table from ``<stem>.items.csv`` next to it."""
 _DEFAULT_PRESETS = {"ml-100k": "movielens", "csv": "srgnn"}
 
 
@@ -38,12 +42,28 @@ def recbole_ml100k_dir() -> Path:
 def _recbole_dataset(
     inter_path: Path, preset: str, seed: int, valid_fraction: float, options: dict
 ) -> SessionDataset:
-    interactions = read_recbole_inter(inter_path)
     item_path = inter_path.with_suffix(".item")
     item_table = read_recbole_items(item_path) if item_path.is_file() else {}
-    return build_dataset(
-        interactions, item_table, preset, seed=seed, valid_fraction=valid_fraction, **options
+    return build_dataset_from(
+        partial(read_recbole_inter, inter_path),
+        item_table,
+        preset,
+        seed=seed,
+        valid_fraction=valid_fraction,
+        **options,
     )
+
+
+def _item_table_path(source: str | os.PathLike, items: str | os.PathLike | None = None) -> Path | None:
+    """The item table :func:`load_dataset` reads for ``source``: ``items`` when given, else for a
+    CSV log ``<dir>/<stem>.csv`` the file ``<dir>/<stem>.items.csv`` when it exists, else None."""
+    if items is not None:
+        return Path(items)
+    path = Path(source)
+    if path.suffix == ".csv" and path.is_file():
+        sibling = path.with_name(path.stem + ITEM_TABLE_SUFFIX)
+        return sibling if sibling.is_file() else None
+    return None
 
 
 def load_dataset(
@@ -52,6 +72,7 @@ def load_dataset(
     *,
     seed: int = 0,
     valid_fraction: float = 0.1,
+    items: str | os.PathLike | None = None,
     **options: object,
 ) -> SessionDataset:
     """Load and preprocess a dataset.
@@ -67,14 +88,43 @@ def load_dataset(
     * a folder holding SR-GNN ``train.txt`` and ``test.txt`` pickles (already preprocessed: no
       preset or options are accepted).
 
+    ``items`` is a CSV item table (``item_id`` and ``title``, ``name`` or ``item_name``; see
+    :func:`~llm4sbr.data.loaders.read_csv_items`) whose titles become ``item_names``, for any
+    source (it replaces a ``.item`` file's names). Without it a CSV log ``<stem>.csv`` takes
+    ``<stem>.items.csv`` from its folder when there is one. Table ids that name no item of the
+    dataset (not in the log, or dropped by the preset) are ignored; ``report["item_table"]``
+    records the table's path, its rows, the dataset items it names and the rows left unused. The
+    table is read first, so its errors come before a long load.
+
     ``preset``, ``seed``, ``valid_fraction`` and ``options`` go to
     :func:`~llm4sbr.data.presets.build_dataset`. Missing files raise FileNotFoundError naming
     the path. Bad data raises ValueError at load time saying what is wrong: a pickle naming any
     global (it could run code), a header with no rows, NaN/inf timestamps, empty ids, a log whose
-    sessions all have one click or that the preset's filters empty, an empty train or test split.
-    Exact duplicate rows are dropped; ``dataset.report`` counts them, the rows read and what each
-    preset filter dropped.
+    sessions all have one click or that the preset's filters empty, an empty train or test split,
+    an item table with a missing column or a repeated id. Exact duplicate rows are dropped;
+    ``dataset.report`` counts them, the rows read and what each preset filter dropped.
     """
+    table_path = _item_table_path(source, items)
+    if table_path is None:
+        return _load_source(source, preset, seed, valid_fraction, options)
+    table = read_csv_items(table_path)
+    dataset = _load_source(source, preset, seed, valid_fraction, options)
+    raw_ids = dataset.item_raw_ids[1:]
+    matched = sum(raw in table for raw in raw_ids)
+    dataset.item_names = ["", *(table.get(raw, "") for raw in raw_ids)]
+    dataset.report["item_table"] = {
+        "source": str(table_path),
+        "rows": len(table),
+        "named_items": sum(1 for name in dataset.item_names if name),
+        "unused_rows": len(table) - matched,
+    }
+    return dataset
+
+
+def _load_source(
+    source: str | os.PathLike, preset: str | None, seed: int, valid_fraction: float, options: dict
+) -> SessionDataset:
+    """:func:`load_dataset` without the item table."""
     if isinstance(source, str) and source in BUILTIN_SOURCES:
         inter_path = recbole_ml100k_dir() / "ml-100k.inter"
         preset = preset or _DEFAULT_PRESETS[source]
@@ -92,9 +142,9 @@ def load_dataset(
             raise ValueError(f"{path} holds preprocessed SR-GNN pickles: pass no preset or preset options")
         return dataset_from_srgnn_pickles(path / "train.txt", path / "test.txt", valid_fraction, seed)
     if path.is_file() and path.suffix == ".csv":
-        interactions = read_csv_interactions(path)
         chosen = preset or _DEFAULT_PRESETS["csv"]
-        return build_dataset(interactions, {}, chosen, seed=seed, valid_fraction=valid_fraction, **options)
+        read = partial(read_csv_interactions, path)
+        return build_dataset_from(read, {}, chosen, seed=seed, valid_fraction=valid_fraction, **options)
 
     if path.is_dir():
         named = path / f"{path.name}.inter"
@@ -114,5 +164,8 @@ def load_dataset(
 
 def run_dataset(config: Any) -> SessionDataset:
     """The dataset a training run of ``config`` (a :class:`~llm4sbr.config.TrainConfig`) uses: its
-    data and preset, with the validation split carved by its seed and valid_fraction."""
-    return load_dataset(config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction)
+    data, preset and item table, with the validation split carved by its seed and valid_fraction."""
+    table = {} if config.items is None else {"items": config.items}
+    return load_dataset(
+        config.data, config.preset, seed=config.seed, valid_fraction=config.valid_fraction, **table
+    )

@@ -1,0 +1,64 @@
+"""The ``scale`` benchmark suite: the synthetic log generator writes the documented shape, the
+fresh-process measurement of load + preset runs, and the suite's records, tables and targets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bench.harness import BenchOptions, run_benchmarks
+from bench.report import render_tables
+from bench.scale import make_log, measure_load
+from llm4sbr.data import load_dataset, read_csv_interactions
+
+
+def test_make_log_writes_a_seeded_diginetica_shaped_csv(tmp_path) -> None:
+    path = make_log(2_000, 300, seed=3, out_dir=tmp_path)
+    assert path.read_text().startswith("session_id,item_id,timestamp\n")
+    assert make_log(2_000, 300, seed=3, out_dir=tmp_path) == path  # reused
+    again = make_log(2_000, 300, seed=3, out_dir=tmp_path / "again")
+    assert again.read_bytes() == path.read_bytes()
+    log = read_csv_interactions(path)
+    sessions, lengths = np.unique(np.asarray(log.session), return_counts=True)
+    assert len(sessions) == 2_000 and 3.5 < lengths.mean() < 5.0
+    assert len(np.unique(np.asarray(log.item))) <= 300
+    assert np.all(np.diff(log.timestamp) >= 0)  # appended in time order
+    days = (log.timestamp.max() - log.timestamp.min()) / 86400
+    assert 140 < days < 151
+    # Zipf popularity: the most clicked item takes a large share; re-clicks repeat the previous item.
+    _, counts = np.unique(np.asarray(log.item), return_counts=True)
+    assert counts.max() > 10 * np.median(counts)
+    order = np.lexsort((log.timestamp, np.asarray(log.session)))
+    items, keys = np.asarray(log.item)[order], np.asarray(log.session)[order]
+    same_session = keys[1:] == keys[:-1]
+    share = (items[1:] == items[:-1])[same_session].mean()
+    assert 0.1 < share < 0.3
+
+
+def test_measure_load_runs_in_a_fresh_process(tmp_path) -> None:
+    path = make_log(500, 100, seed=0, out_dir=tmp_path)
+    record = measure_load(path, "srgnn")
+    assert "error" not in record, record
+    dataset = load_dataset(path, "srgnn")
+    assert record["clicks"] == dataset.report["rows"]
+    assert record["samples"] == sum(len(split) for split in dataset.splits.values())
+    assert record["load_s"] > 0 and record["peak_mib"] >= record["base_mib"] > 0
+    assert record["bytes_per_click"] >= 0
+    failed = measure_load(tmp_path / "absent.csv", "srgnn")
+    assert "FileNotFoundError" in failed["error"]
+
+
+def test_scale_suite_writes_records_tables_and_targets(tmp_path) -> None:
+    options = BenchOptions.tiny(scale_dir=str(tmp_path / "logs"), plots=False)
+    results = run_benchmarks(["scale"], tmp_path / "out", options)
+    records = results["suites"]["scale"]["records"]
+    assert [r["log"] for r in records] == ["tiny"] and records[0]["side"] == "this"
+    assert records[0]["load_s"] > 0 and len(records[0]["load_average"]) == 3
+    environment = results["suites"]["scale"]["environment"]
+    assert environment["threads"] >= 1 and len(environment["load_average"]) == 3
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    statuses = {t["target"]: t["status"] for t in saved["targets"]}
+    assert statuses["scale M: load + srgnn preset targets"] == "not measured"
+    assert "### Loading at scale" in render_tables(saved)
+    assert (tmp_path / "out" / "scale.csv").is_file()
