@@ -313,20 +313,9 @@ def read_csv_items(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such item table: {path}")
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        try:
-            first = next(reader, None)
-            if first is None:
-                raise ValueError(f"{path}: empty file, expected a header with item_id and a title column")
-            header = [name.strip() for name in first]
-            item = _column_index(header, ITEM_ID_FIELDS, path)
-            title = _column_index(header, ITEM_TITLE_FIELDS, path)
-            rows = [row for row in reader if row]
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text (line {reader.line_num + 1}): {err}") from None
-        except csv.Error as err:
-            raise ValueError(f"{path}: not readable as CSV (line {reader.line_num}): {err}") from None
+    header, (item, title), rows = _csv_table(
+        path, "item_id and a title column", (ITEM_ID_FIELDS, ITEM_TITLE_FIELDS)
+    )
     ids = [row[item] if item < len(row) else "" for row in rows]
     empty = np.flatnonzero([not raw for raw in ids])
     if len(empty):
@@ -349,22 +338,33 @@ def read_csv_items(path: str | os.PathLike) -> dict[str, str]:
 
 def _csv_rows(path: Path) -> Interactions:
     """:func:`read_csv_interactions` with the csv module, row by row."""
+    header, (key, item, time), rows = _csv_table(
+        path, "session_id,item_id,timestamp", (("session_id",), ("item_id",), ("timestamp",))
+    )
+    return _interactions(rows, header, key, item, time, path)
+
+
+def _csv_table(
+    path: Path, expected: str, columns: tuple[tuple[str, ...], ...]
+) -> tuple[list[str], list[int], list[list[str]]]:
+    """A CSV file read with the csv module: (header, the position of each of ``columns`` (the
+    first present of its names), the non-blank data rows). ValueError naming the file for an
+    empty file (``expected``: what its header should hold), a missing column, text that is not
+    UTF-8 or not CSV."""
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         try:
             first = next(reader, None)
             if first is None:
-                raise ValueError(f"{path}: empty file, expected a header with session_id,item_id,timestamp")
+                raise ValueError(f"{path}: empty file, expected a header with {expected}")
             header = [name.strip() for name in first]
-            key = _column_index(header, ("session_id",), path)
-            item = _column_index(header, ("item_id",), path)
-            time = _column_index(header, ("timestamp",), path)
+            positions = [_column_index(header, names, path) for names in columns]
             rows = [row for row in reader if row]
         except UnicodeDecodeError as err:
             raise ValueError(f"{path}: not UTF-8 text (line {reader.line_num + 1}): {err}") from None
         except csv.Error as err:
             raise ValueError(f"{path}: not readable as CSV (line {reader.line_num}): {err}") from None
-    return _interactions(rows, header, key, item, time, path)
+    return header, positions, rows
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
