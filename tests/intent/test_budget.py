@@ -102,7 +102,7 @@ def test_infer_intents_command_with_a_budget(
     import llm4sbr.data
     from llm4sbr.cli import main
 
-    monkeypatch.setattr(llm4sbr.data, "load_dataset", lambda data, preset=None: dataset())
+    monkeypatch.setattr(llm4sbr.data, "load_dataset", lambda data, preset=None, items=None: dataset())
     flags = ["--backend", "fake", "--encoder", "fake", "--quiet", "--llm-budget", "20"]
     assert main(["infer-intents", "--out", str(tmp_path / "out"), *flags]) == 0
     assert "--llm-budget: 20 samples from the LLM, 40 predicted" in capsys.readouterr().out
