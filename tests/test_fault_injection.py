@@ -532,7 +532,10 @@ def test_run_killed_at_random_points_resumes_to_the_same_results(zygote, data, t
 
 
 def _interrupt(args: list[str], ready: Callable[[], bool], cwd: Path) -> subprocess.CompletedProcess:
-    """Start ``python -m llm4sbr ARGS``, send SIGINT once ``ready()`` (its work has begun)."""
+    """Start ``python -m llm4sbr ARGS``, send SIGINT once ``ready()`` (its work has begun).
+
+    The child gets SIGINT's default disposition: a test run started in the background of a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "llm4sbr", *args],
         cwd=cwd,
@@ -540,6 +543,7 @@ def _interrupt(args: list[str], ready: Callable[[], bool], cwd: Path) -> subproc
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
