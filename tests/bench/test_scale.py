@@ -62,3 +62,19 @@ def test_scale_suite_writes_records_tables_and_targets(tmp_path) -> None:
     assert statuses["scale M: load + srgnn preset targets"] == "not measured"
     assert "### Loading at scale" in render_tables(saved)
     assert (tmp_path / "out" / "scale.csv").is_file()
+
+
+def test_memory_bounds_reports_each_case(capsys):
+    import json
+
+    from bench.memory_bounds import main
+
+    assert main(["--items", "300", "--cases", "evaluate", "localize"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["case"], r["bound"]) for r in lines] == [
+        ("evaluate", "bounded"),
+        ("evaluate", "unbounded"),
+        ("localize", "bounded"),
+        ("localize", "unbounded"),
+    ]
+    assert all(r["items"] == 300 and r["peak_above_setup_mib"] >= 0 for r in lines)
