@@ -55,16 +55,18 @@ class Stub:
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                 try:
                     status, doc, headers = stub.script(n, body)
-                    data = (doc if isinstance(doc, str) else json.dumps(doc)).encode()
-                    self.send_response(status)
-                    for name, value in {"Content-Type": "application/json", **headers}.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
                 finally:
+                    # Counted out before the reply is sent: once the client has its reply it
+                    # may send its next request while this handler is still finishing.
                     with stub.lock:
                         stub.in_flight -= 1
+                data = (doc if isinstance(doc, str) else json.dumps(doc)).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, *args: object) -> None:
                 pass
