@@ -310,13 +310,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError) as exc:
-        if _reports_errors():
-            print(f"llm4sbr {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _input_error(args.command, exc)
+    except MemoryError as exc:
+        from llm4sbr.data.columnar import InsufficientMemoryError  # a log refused before reading it
+
+        if not isinstance(exc, InsufficientMemoryError):
+            raise
+        return _input_error(args.command, exc)
     except KeyboardInterrupt:
         if _reports_errors():
             print(f"\nllm4sbr {args.command}: interrupted. {RESUME_HINTS[args.command]}", file=sys.stderr)
         return 130
+
+
+def _input_error(command: str, exc: BaseException) -> int:
+    if _reports_errors():
+        print(f"llm4sbr {command}: error: {exc}", file=sys.stderr)
+    return 2
 
 
 def _reports_errors() -> bool:

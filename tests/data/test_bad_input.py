@@ -392,3 +392,31 @@ def test_report_on_good_data_is_json_and_counts_each_filter(tmp_path: Path) -> N
     assert report["kept"] == {"sessions": 6, "clicks": 30, "items": 4}
     assert report["kept"]["sessions"] == dataset.meta["sessions"]["total"]
     assert report["empty_splits"] == {"valid": "valid_fraction=0"}
+
+
+def test_a_log_that_does_not_fit_memory_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import llm4sbr.data.columnar as columnar
+    from llm4sbr.cli import main
+
+    rows = [(f"s{k // 6}", str(k % 7 + 1), float(k)) for k in range(300)]
+    path = write_csv(tmp_path / "big.csv", rows)
+    need = 300 * columnar.PEAK_BYTES_PER_CLICK
+    monkeypatch.setattr(columnar, "available_memory", lambda: need - 1)
+    with pytest.raises(columnar.InsufficientMemoryError, match=r"big\.csv: 300 clicks need about .* GiB"):
+        load_dataset(path, "amazon")
+    assert main(["train", "--data", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "big.csv: 300 clicks need about" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setattr(columnar, "available_memory", lambda: need)
+    assert len(load_dataset(path, "amazon").splits["train"]) > 0
+
+
+def test_available_memory_is_known_on_linux() -> None:
+    import llm4sbr.data.columnar as columnar
+
+    available = columnar.available_memory()
+    if not Path("/proc/meminfo").is_file():
+        pytest.skip("no /proc/meminfo")
+    assert available is not None and 0 < available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
