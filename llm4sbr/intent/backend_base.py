@@ -45,9 +45,12 @@ def generation_settings(
     seed: int,
     stop_at_newline: bool,
     chat_template: bool | str,
+    answers: str | None = None,
 ) -> dict[str, Any]:
     """The ``settings`` of a backend: what can change an answer, hence what enters the cache key.
-    Greedy decoding leaves ``top_p`` and ``seed`` out, so they do not split the cache."""
+    Greedy decoding leaves ``top_p`` and ``seed`` out, so they do not split the cache; ``answers``
+    (:func:`llm4sbr.intent.constrain.catalog_tag` of constrained answers) is left out when None,
+    so unconstrained keys are what they were before the option existed."""
     settings: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
@@ -56,6 +59,8 @@ def generation_settings(
     }
     if do_sample:
         settings.update(top_p=top_p, seed=seed)
+    if answers is not None:
+        settings["answers"] = answers
     return settings
 
 

@@ -20,6 +20,8 @@
   the first non-empty line (the stored answer stops there).
 * **Threads**: :func:`free_cores` unless given: more threads than free cores make llama.cpp
   slower, not faster.
+* **Constrained answers** (``answer_names``): a logits processor masks every token that does not
+  continue a catalog name (:mod:`.constrain`), names tokenized by llama.cpp's own tokenizer.
 """
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from llm4sbr.atomic import atomic_writer
 
 from .backend_base import first_line, generation_settings, new_stats
+from .constrain import CatalogTrie, build_trie, catalog_tag, mask_logits
 from .hf import model_identity
 
 CPU_LLM_HINT = "pip install 'llm4sbr[cpu-llm]'"
@@ -141,8 +146,10 @@ class LlamaCppBackend:
     is loaded). n_ctx: context window. max_new_tokens, do_sample, top_p, seed, stop_at_newline:
     as for the transformers engine. reuse_prefix: keep the KV cache of the common prefix between
     consecutive prompts. cache_dir: folder of requantised files (None: :func:`cache_root`).
-    llama_cpp is imported here, so a missing engine fails at construction; the model is loaded on
-    the first answer, so a fully cached run never loads it.
+    answer_names: when given, every answer is exactly one of these names (:mod:`.constrain`;
+    the trie is built when the model is loaded). llama_cpp is imported here, so a missing engine
+    fails at construction; the model is loaded on the first answer, so a fully cached run never
+    loads it.
     """
 
     engine = "llama.cpp"
@@ -161,6 +168,7 @@ class LlamaCppBackend:
         stop_at_newline: bool = True,
         reuse_prefix: bool = True,
         cache_dir: str | os.PathLike | None = None,
+        answer_names: Sequence[str] | None = None,
     ) -> None:
         if max_new_tokens < 1 or (threads is not None and threads < 1) or n_ctx < 64:
             raise ValueError(
@@ -189,9 +197,14 @@ class LlamaCppBackend:
         self.threads = threads
         self.n_ctx = n_ctx
         self.reuse_prefix = reuse_prefix
-        self.settings = generation_settings(max_new_tokens, do_sample, top_p, seed, stop_at_newline, True)
+        self.answer_names = None if answer_names is None else list(answer_names)
+        answers = None if self.answer_names is None else catalog_tag(self.answer_names)
+        self.settings = generation_settings(
+            max_new_tokens, do_sample, top_p, seed, stop_at_newline, True, answers
+        )
         self.stats = new_stats()
         self._llm: Any = None
+        self._trie: CatalogTrie | None = None
         self._template: Any = None
         self._first_eval: int | None = None
 
@@ -227,6 +240,26 @@ class LlamaCppBackend:
 
         llm.eval = counting_eval  # generate() calls self.eval: the prompt first, then one token each
         self._llm = llm
+        if self.answer_names is not None:
+            self._trie = build_trie(
+                self.answer_names,
+                lambda name: llm.tokenize(name.encode("utf-8"), add_bos=False, special=False),
+                [llm.token_eos()],
+                self.settings["max_new_tokens"],
+            )
+
+    def _constraint(self, n_prompt: int) -> Any:
+        """The logits processor that keeps an answer on the catalog trie (None unconstrained).
+        llama-cpp-python calls it with every token evaluated so far, the prompt's ``n_prompt``
+        tokens first, and the logits of the next token ([n_vocab] float32)."""
+        trie = self._trie
+        if trie is None:
+            return None
+
+        def keep_to_catalog(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            return mask_logits(scores, trie.allowed(input_ids[n_prompt:].tolist()))
+
+        return self._llama_cpp.LogitsProcessorList([keep_to_catalog])
 
     def chat_text(self, prompt: str) -> str:
         """``prompt`` in the model's chat template, ready for the assistant's answer."""
@@ -266,6 +299,7 @@ class LlamaCppBackend:
             temp=1.0 if sampling else 0.0,
             repeat_penalty=1.0,
             reset=True,
+            logits_processor=self._constraint(len(tokens)),
         ):
             if self._llama_cpp.llama_vocab_is_eog(vocab, token):
                 break

@@ -5,7 +5,9 @@ CPU it is fp32. Chat template applied, greedy by default, prompts de-duplicated 
 token count into left-padded batches (padding every batch to its longest prompt is what made
 naive batching slower than one prompt at a time), generation stopped per prompt at the end of
 the first non-empty line or at EOS. The views of one sample differ only in their last line, so
-their common token prefix is prefilled once and its KV cache reused for each view.
+their common token prefix is prefilled once and its KV cache reused for each view. With
+``answer_names``, ``prefix_allowed_tokens_fn`` keeps every answer on the catalog names' token
+trie (:mod:`.constrain`), names tokenized by the model's own tokenizer.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import copy
 import inspect
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .backend_base import generation_settings, new_stats
+from .constrain import CatalogTrie, build_trie, catalog_tag
 from .hf import import_transformers, model_identity
 
 PRECISIONS = ("4bit", "8bit", "bf16", "fp16", "fp32")
@@ -91,6 +95,7 @@ class TransformersBackend:
     batch_size: prompts per forward pass. max_new_tokens: generation cap. do_sample, top_p, seed:
     sampling (greedy when do_sample is False; then top_p and seed do not enter the settings).
     stop_at_newline: end a prompt's generation at the end of its first non-empty line.
+    answer_names: when given, every answer is exactly one of these names (:mod:`.constrain`).
     The model is loaded on the first :meth:`generate` call, so a fully cached run never loads it.
     """
 
@@ -109,6 +114,7 @@ class TransformersBackend:
         top_p: float = 0.8,
         seed: int = 0,
         stop_at_newline: bool = True,
+        answer_names: Sequence[str] | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = precision or ("4bit" if self.device.type == "cuda" else "fp32")
@@ -121,10 +127,15 @@ class TransformersBackend:
         self.model_path = Path(model_path)
         self.identity = model_identity(self.model_path)
         self.batch_size = batch_size
-        self.settings = generation_settings(max_new_tokens, do_sample, top_p, seed, stop_at_newline, True)
+        self.answer_names = None if answer_names is None else list(answer_names)
+        answers = None if self.answer_names is None else catalog_tag(self.answer_names)
+        self.settings = generation_settings(
+            max_new_tokens, do_sample, top_p, seed, stop_at_newline, True, answers
+        )
         self.stats = new_stats()
         self._model: Any = None
         self._tokenizer: Any = None
+        self._trie: CatalogTrie | None = None
 
     def _load(self) -> None:
         transformers = import_transformers()
@@ -162,6 +173,13 @@ class TransformersBackend:
         self._model = model.eval()
         self._tokenizer = tokenizer
         self._transformers = transformers
+        if self.answer_names is not None:
+            self._trie = build_trie(
+                self.answer_names,
+                lambda name: tokenizer(name, add_special_tokens=False)["input_ids"],
+                [tokenizer.eos_token_id],
+                self.settings["max_new_tokens"],
+            )
 
     def _chat(self, prompt: str) -> str:
         if self._tokenizer.chat_template is None:
@@ -182,6 +200,24 @@ class TransformersBackend:
                 return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
         return self._transformers.StoppingCriteriaList([FirstLineDone()])
+
+    def _allowed_tokens(self, prompt_len: int) -> Callable[[int, torch.Tensor], list[int]] | None:
+        """``prefix_allowed_tokens_fn`` of ``model.generate`` (None unconstrained): row b's
+        ``input_ids`` [prompt_len + t] are its left-padded prompt, then its t new tokens."""
+        trie = self._trie
+        if trie is None:
+            return None
+        eos = trie.eos_ids
+
+        def allowed(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+            generated = input_ids[prompt_len:].tolist()
+            # A row that has ended gets padding until the whole batch ends; what is allowed
+            # there is discarded, but transformers refuses an empty list.
+            if any(t in eos for t in generated):
+                return eos
+            return trie.allowed(generated)
+
+        return allowed
 
     def _cache_kwarg(self) -> str:
         # transformers 5 renamed `past_key_values` to `cache`.
@@ -238,6 +274,7 @@ class TransformersBackend:
                 attention_mask=attention_mask,
                 generation_config=config,
                 stopping_criteria=stopping,
+                prefix_allowed_tokens_fn=self._allowed_tokens(input_ids.shape[1]),
                 **{cache_kwarg: cache},
             )
             new = generated[:, input_ids.shape[1] :]

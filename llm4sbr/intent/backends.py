@@ -11,6 +11,10 @@
   for a batch engine, :mod:`.backend_openai` and :mod:`.requests_io`.
 * ``"fake"``: :class:`FakeBackend`, deterministic answers derived from the prompt, for tests.
 
+``answer_names`` (``--constrain-answers``) makes every answer exactly one of those names
+(:mod:`.constrain`); the llama.cpp and transformers engines (and the fake) support it, the
+openai backend cannot.
+
 Backends return raw answers (what the cache stores); :func:`postprocess_answer` turns one into
 the item name that gets encoded.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from .backend_transformers import (  # noqa: F401  (_check_bitsandbytes, _quanti
     _quantize_in_place,
     _quantized_linear,
 )
+from .constrain import UNCONSTRAINABLE, catalog_tag
 from .hf import bundled_smollm2
 
 BACKENDS = ("smollm2", "llamacpp", "transformers", "openai", "fake")
@@ -72,14 +78,22 @@ def postprocess_answer(raw: str) -> str:
 class FakeBackend:
     """Answers ``"k. <item line>"`` with k chosen by a hash of the whole prompt, so the answer
     depends on the items and on the view qualifier, is reproducible, and exercises the
-    post-processing (numbering and ``_id`` are present)."""
+    post-processing (numbering and ``_id`` are present).
+
+    With ``answer_names`` it answers exactly one of them instead: the chosen item's name when
+    it is one, else the name the hash picks."""
 
     identity = "fake-v1"
     precision = "none"
     engine = "fake"
 
-    def __init__(self) -> None:
+    def __init__(self, answer_names: Sequence[str] | None = None) -> None:
+        self.answer_names = None if answer_names is None else list(dict.fromkeys(answer_names))
         self.settings: dict[str, Any] = {}
+        if self.answer_names is not None:
+            if not self.answer_names:
+                raise ValueError("answer_names is empty")
+            self.settings["answers"] = catalog_tag(self.answer_names)
         self.stats = new_stats(prefill=False)
 
     def generate(self, prompts: list[str]) -> list[str]:
@@ -87,9 +101,14 @@ class FakeBackend:
         self.stats["calls"] += 1
         self.stats["prompts"] += len(prompts)
         answers = []
+        names = self.answer_names
         for prompt in prompts:
             items = [ln.split(". ", 1)[1] for ln in prompt.splitlines() if re.match(r"\d+\. ", ln)]
             digest = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
+            if names is not None:
+                name = items[digest % len(items)].rsplit("_", 1)[0] if items else ""
+                answers.append(name if name in names else names[digest % len(names)])
+                continue
             answers.append(
                 f"{digest % 9 + 1}. {items[digest % len(items)]}" if items else f"item {digest % 1000}"
             )
@@ -128,6 +147,7 @@ def make_backend(
     concurrency: int = 8,
     request_timeout: float = 120.0,
     max_retries: int = 5,
+    answer_names: Sequence[str] | None = None,
     **generation: Any,
 ) -> Backend:
     """A backend by name (:data:`BACKENDS`, see the module docstring).
@@ -139,14 +159,19 @@ def make_backend(
     threads, gguf_quant: llama.cpp threads (None: the free cores) and the type the GGUF file is
     requantised to ("Q4_0", ...; "none" uses the file as it is; None: Q4_0 for the bundled model,
     the file as it is otherwise). base_url, concurrency, request_timeout, max_retries: the
-    openai backend. ``generation``: batch_size (transformers), max_new_tokens, do_sample, top_p,
-    seed, stop_at_newline.
+    openai backend. answer_names: constrain every answer to exactly one of these names
+    (:mod:`.constrain`; a ValueError for "openai"). ``generation``: batch_size (transformers),
+    max_new_tokens, do_sample, top_p, seed, stop_at_newline.
     """
+    if answer_names is not None:
+        if name == "openai":
+            raise ValueError(UNCONSTRAINABLE)
+        generation["answer_names"] = answer_names
     engine_kwargs = {k: v for k, v in generation.items() if k != "batch_size"}
     quant = None if gguf_quant == "none" else gguf_quant
     bundled_quant = "Q4_0" if gguf_quant is None else quant
     if name == "fake":
-        return FakeBackend()
+        return FakeBackend(answer_names)
     if name == "openai":
         return OpenAIBackend(
             None if model_path is None else str(model_path),

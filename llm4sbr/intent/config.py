@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from .backend_llamacpp import QUANTS
 from .backends import BACKENDS, PRECISIONS
 from .budget import check_budget, parse_budget
+from .constrain import UNCONSTRAINABLE
 from .localize import REDUCTIONS
 
 GGUF_QUANTS = (*QUANTS, "none")
@@ -44,6 +45,8 @@ class IntentConfig:
     valid samples, a fraction in (0, 1] (1 = all of them) or an integer count > 1, chosen by a
     stratified, nested rule seeded with ``seed``; the other samples' intents (test included) are
     predicted from those (:mod:`llm4sbr.intent.budget`).
+    constrain_answers: every answer is exactly one catalog item name (:mod:`llm4sbr.intent.constrain`;
+    the llama.cpp and transformers engines only).
     """
 
     backend: str = "smollm2"
@@ -70,6 +73,7 @@ class IntentConfig:
     export_requests: str | None = None
     import_responses: str | None = None
     llm_budget: float | None = None
+    constrain_answers: bool = False
 
     def __post_init__(self) -> None:
         self.llm_budget = check_budget(self.llm_budget)
@@ -88,6 +92,8 @@ class IntentConfig:
             )
         if self.backend == "openai" and not self.model:
             raise ValueError("backend 'openai' needs the served model's name (--llm-model NAME)")
+        if self.constrain_answers and self.backend == "openai":
+            raise ValueError(f"--constrain-answers: {UNCONSTRAINABLE}")
         if (self.export_requests or self.import_responses) and self.backend != "openai":
             raise ValueError(
                 "--export-requests and --import-responses need --backend openai --llm-model NAME: "
@@ -206,6 +212,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--do-sample", action="store_true", help="sample (top_p 0.8) instead of greedy decoding"
+    )
+    group.add_argument(
+        "--constrain-answers",
+        action="store_true",
+        help="llama.cpp and transformers engines: every answer is exactly one catalog item name "
+        "(decoding masked to the names' token trie)",
     )
     group.add_argument(
         "--no-stop-at-newline",

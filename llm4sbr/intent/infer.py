@@ -21,6 +21,11 @@ LLM budget (``config.llm_budget``, :mod:`llm4sbr.intent.budget`): only the selec
 valid samples are prompted (the batch files, too, hold only theirs); after their answers are
 encoded and localized, a predictor trained on their vectors fills every other row, and
 ``from_llm.npy`` and meta.json's ``budget`` record say which rows came from where.
+
+Constrained answers (``config.constrain_answers``, :mod:`llm4sbr.intent.constrain`): the backend
+may only answer catalog names; such an answer is used as it is (post-processing would strip the
+leading quote of ``'Til There Was You``). Constrained or not, meta.json counts the answers that
+are exactly a catalog name (``catalog_answers``, ``catalog_answer_share``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from .backends import Backend, make_backend, postprocess_answer
 from .budget import MIN_LLM_SAMPLES, POOL_SPLITS, BudgetPlan, FillPredictor, fit_fill_predictor, plan_budget
 from .cache import OPTIONAL_STAT_FIELDS, STAT_FIELDS, AnswerCache, answer_key
 from .config import IntentConfig
+from .constrain import catalog_names, catalog_tag
 from .encode import Encoder, make_encoder
 from .localize import localize
 from .order import order_prompts
@@ -328,6 +334,7 @@ def infer_intents(
         for i in llm_rows
     ]
     unique_prompts = list(dict.fromkeys(p for pair in prompts_per_sample for p in pair))
+    names = catalog_names(dataset)
 
     if backend is None:
         backend = make_backend(
@@ -346,7 +353,10 @@ def infer_intents(
             do_sample=config.do_sample,
             seed=config.seed,
             stop_at_newline=config.stop_at_newline,
+            answer_names=names if config.constrain_answers else None,
         )
+    if config.constrain_answers and backend.settings.get("answers") != catalog_tag(names):
+        raise ValueError("constrain_answers is set but the given backend is not constrained to this catalog")
     cache = AnswerCache(config.cache_dir or out_dir / "answer_cache")
     keys = [answer_key(backend.identity, backend.precision, p, backend.settings) for p in unique_prompts]
     imported = None
@@ -356,7 +366,12 @@ def infer_intents(
     answers_s = time.perf_counter() - started
     answers_cpu_s = time.process_time() - cpu_started
 
-    answer_of = {p: postprocess_answer(cache.get(k)) for p, k in zip(unique_prompts, keys, strict=True)}
+    name_set = set(names)
+
+    def clean(raw: str) -> str:
+        return raw if config.constrain_answers and raw in name_set else postprocess_answer(raw)
+
+    answer_of = {p: clean(cache.get(k)) for p, k in zip(unique_prompts, keys, strict=True)}
     answers = [(answer_of[lt], answer_of[st]) for lt, st in prompts_per_sample]
     encode_started = time.perf_counter()
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -388,6 +403,8 @@ def infer_intents(
 
     stats = backend.stats
     seconds = stats["seconds"]
+    n_answers = 2 * len(answers)
+    catalog_answers = sum(a in name_set for pair in answers for a in pair)
 
     def per_second(count: float | None) -> float | None:
         return round(count / seconds, 3) if seconds and count is not None else None
@@ -421,6 +438,8 @@ def infer_intents(
             "corrupt_cache_entries": cache.corrupt,
             "distinct_answers": len(distinct_answers),
             "empty_answers": sum(a == "" for pair in answers for a in pair),
+            "catalog_answers": catalog_answers,
+            "catalog_answer_share": round(catalog_answers / n_answers, 4) if n_answers else None,
             "catalog_items": len(catalog_ids),
         },
         "timing": {
