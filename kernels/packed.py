@@ -240,7 +240,9 @@ def attn_pool_packed(
     _check_pool_inputs(h, session, clicks, q_last, w2, b2, w3, normalize)
     batch = q_last.shape[0]
     projected = torch.addmm(b2, h, w2.T)
-    e = torch.sigmoid(projected + q_last[session]) @ w3  # [T]
+    # index_select, not q_last[session]: its backward is index_add, where advanced indexing's
+    # (index_put with accumulate) runs slower with more threads.
+    e = torch.sigmoid(projected + q_last.index_select(0, session)) @ w3  # [T]
     clicks = clicks.to(h.dtype)
     if normalize == "softmax":
         # Softmax over a session's clicks: node v holds clicks[v] of them, all with score e[v].

@@ -4,7 +4,9 @@ A batch is a dict of LongTensors: ``item_seq`` [B, L] right-padded with 0 (L = t
 prefix in the batch), ``item_seq_len`` [B], ``target`` [B] and ``sample_id`` [B]. With
 ``with_graph=True`` it also holds the SR-GNN session graph built by the numba builder in the
 loader's workers: ``graph_nodes`` [B, N] long, ``graph_alias`` [B, L] long, ``graph_A_in`` and
-``graph_A_out`` [B, N, N] float32.
+``graph_A_out`` [B, N, N] float32. With ``with_packed_graph=True`` it holds instead the packed
+graph and first-step matrices of the encoder's packed path (the ``packed_*`` keys of
+:func:`~llm4sbr.data.graph.packed_batch_to_dict`), built in the loader's workers.
 
 Prefixes longer than ``max_len`` keep their ``max_len`` most recent clicks.
 """
@@ -77,6 +79,15 @@ def collate_sessions_with_graph(items: Sequence[SampleItem]) -> dict[str, torch.
     return batch
 
 
+def collate_sessions_packed(items: Sequence[SampleItem]) -> dict[str, torch.Tensor]:
+    """:func:`collate_sessions` plus the packed graph (``packed_*`` keys, float32 weights)."""
+    from .graph import build_packed_batch_graph, packed_batch_to_dict
+
+    batch = collate_sessions(items)
+    batch.update(packed_batch_to_dict(build_packed_batch_graph(batch["item_seq"], batch["item_seq_len"])))
+    return batch
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A random permutation of ``range(n)`` that depends only on ``(seed, epoch)``.
 
@@ -108,6 +119,7 @@ def make_loader(
     num_workers: int = 0,
     with_graph: bool = False,
     batches: Sequence[Sequence[int]] | None = None,
+    with_packed_graph: bool = False,
 ) -> DataLoader:
     """The one way to batch samples, for training and evaluation alike (see the module doc for
     the keys).
@@ -117,10 +129,19 @@ def make_loader(
     samples come in SampleSet order. The last batch may be smaller. ``batches`` (lists of sample
     positions, e.g. one rank's share of each global batch) replaces ``batch_size`` and
     ``shuffle``. ``with_graph`` builds the session graphs in the loader (needs the ``numba``
-    extra).
+    extra); ``with_packed_graph`` the encoder's packed graphs (with ``num_workers`` > 0 their
+    index work overlaps the model's compute).
     """
+    if with_graph and with_packed_graph:
+        raise ValueError("with_graph and with_packed_graph exclude each other")
     dataset = SampleDataset(samples, max_len)
-    collate = collate_sessions_with_graph if with_graph else collate_sessions
+    collate = (
+        collate_sessions_with_graph
+        if with_graph
+        else collate_sessions_packed
+        if with_packed_graph
+        else collate_sessions
+    )
     if batches is not None:
         return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
     return DataLoader(

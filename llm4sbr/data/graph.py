@@ -17,13 +17,23 @@ over sessions; the numba twin for data-loader workers is
 :func:`build_packed_session_graph` gives the same graphs without padding: the batch as one graph
 over its T distinct (session, item) nodes with edge lists instead of [B, N, N] matrices, for the
 encoder's packed path (no work on padding nodes, and no N x N products).
+:func:`build_packed_batch_graph` adds what the packed path's first step needs besides the
+weights (the batch's distinct items and the sparse step matrix), so that data-loader workers can
+build it while the main process computes; :func:`packed_batch_to_dict` and
+:func:`packed_batch_from_dict` carry it in a batch dict.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
+
+from llm4sbr.kernels import packed_step_matrix
+
+PACKED_PREFIX = "packed_"
+"""Batch keys of a prebuilt :class:`PackedBatchGraph` start with this."""
 
 
 class SessionGraph(NamedTuple):
@@ -54,6 +64,20 @@ class PackedSessionGraph(NamedTuple):
     dst: torch.Tensor
     in_weight: torch.Tensor
     out_weight: torch.Tensor
+
+
+class PackedBatchGraph(NamedTuple):
+    """A batch's :class:`PackedSessionGraph` with the inputs of the packed path's first step.
+
+    graph: the packed graph (T nodes). items [R] long: the batch's distinct items, ascending.
+    item_of_node [T] long: each node's row in ``items``. step: the first step's (S [2T, 3R],
+    S^T [3R, 2T]) sparse CSR matrices of :func:`llm4sbr.kernels.packed_step_matrix`.
+    """
+
+    graph: PackedSessionGraph
+    items: torch.Tensor
+    item_of_node: torch.Tensor
+    step: tuple[torch.Tensor, torch.Tensor]
 
 
 def _check_batch(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> None:
@@ -177,3 +201,50 @@ def build_packed_session_graph(
     return PackedSessionGraph(
         nodes, session, clicks, last, src, dst, in_degree[dst].reciprocal(), out_degree[src].reciprocal()
     )
+
+
+def build_packed_batch_graph(
+    item_seq: torch.Tensor, item_seq_len: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> PackedBatchGraph:
+    """:func:`build_packed_session_graph` plus the batch's distinct items and the first step's
+    sparse matrices (in ``dtype``): every index operation of the packed path, none of its math."""
+    graph = build_packed_session_graph(item_seq, item_seq_len, dtype)
+    items, item_of_node = torch.unique(graph.nodes, return_inverse=True)
+    step = packed_step_matrix(
+        graph.src, graph.dst, graph.in_weight, graph.out_weight, item_of_node, items.shape[0], dtype
+    )
+    return PackedBatchGraph(graph, items, item_of_node, step)
+
+
+def packed_batch_to_dict(packed: PackedBatchGraph) -> dict[str, torch.Tensor]:
+    """``packed`` as batch entries (keys start with :data:`PACKED_PREFIX`)."""
+    out = {PACKED_PREFIX + name: value for name, value in packed.graph._asdict().items()}
+    out[PACKED_PREFIX + "items"] = packed.items
+    out[PACKED_PREFIX + "item_of_node"] = packed.item_of_node
+    # Sparse tensors as their parts: rebuilt with check_invariants=False, where unpickling one
+    # from a worker warns that the checks are off.
+    for name, matrix in zip(("step", "step_t"), packed.step, strict=True):
+        out[f"{PACKED_PREFIX}{name}_crow"] = matrix.crow_indices()
+        out[f"{PACKED_PREFIX}{name}_col"] = matrix.col_indices()
+        out[f"{PACKED_PREFIX}{name}_values"] = matrix.values()
+    return out
+
+
+def packed_batch_from_dict(batch: dict[str, torch.Tensor]) -> PackedBatchGraph | None:
+    """The :class:`PackedBatchGraph` a batch carries (see :func:`packed_batch_to_dict`), or None."""
+    if PACKED_PREFIX + "nodes" not in batch:
+        return None
+    graph = PackedSessionGraph(*(batch[PACKED_PREFIX + name] for name in PackedSessionGraph._fields))
+    items = batch[PACKED_PREFIX + "items"]
+    shape = (2 * graph.nodes.shape[0], 3 * items.shape[0])
+    step = tuple(
+        _csr(*(batch[f"{PACKED_PREFIX}{name}_{part}"] for part in ("crow", "col", "values")), size)
+        for name, size in (("step", shape), ("step_t", shape[::-1]))
+    )
+    return PackedBatchGraph(graph, items, batch[PACKED_PREFIX + "item_of_node"], step)
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)

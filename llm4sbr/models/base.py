@@ -15,17 +15,18 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from llm4sbr.data.graph import SessionGraph
+from llm4sbr.data.graph import PackedBatchGraph, SessionGraph, packed_batch_from_dict
 from llm4sbr.kernels import linear_cross_entropy
 from llm4sbr.models.encoder import SessionGraphEncoder
 
 GRAPH_KEYS = ("graph_nodes", "graph_alias", "graph_A_in", "graph_A_out")
 
 
-def graph_from_batch(batch: dict[str, torch.Tensor]) -> SessionGraph | None:
-    """The session graph prebuilt by data-loader workers, if the batch carries one."""
+def graph_from_batch(batch: dict[str, torch.Tensor]) -> SessionGraph | PackedBatchGraph | None:
+    """The session graph prebuilt by data-loader workers (padded or packed), if the batch
+    carries one."""
     if GRAPH_KEYS[0] not in batch:
-        return None
+        return packed_batch_from_dict(batch)
     return SessionGraph(*(batch[k] for k in GRAPH_KEYS))
 
 

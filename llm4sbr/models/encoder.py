@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from llm4sbr.data.graph import (
-    PackedSessionGraph,
+    PackedBatchGraph,
     SessionGraph,
-    build_packed_session_graph,
+    build_packed_batch_graph,
     build_session_graph,
 )
 from llm4sbr.kernels import attn_pool_packed, current_backend, gnn_step_packed, packed_step_matrix
@@ -41,9 +41,10 @@ class SessionGraphEncoder(nn.Module):
 
     Items are 1..n_items, 0 is padding. The session graph is built inside ``forward`` with
     batched tensor ops on the input's device unless a prebuilt ``graph`` (e.g. from data-loader
-    workers) is passed. ``packed``: True or False forces the packed or padded path (see the module
-    docstring); None (default) takes the packed path when no prebuilt graph is given, the kernel
-    backend is "auto" and Triton cannot run on the input's device.
+    workers) is passed: a :class:`SessionGraph` takes the padded path, a
+    :class:`PackedBatchGraph` the packed one. ``packed``: True or False forces the packed or
+    padded path (see the module docstring); None (default) takes the packed path when no prebuilt
+    graph is given, the kernel backend is "auto" and Triton cannot run on the input's device.
     """
 
     def __init__(
@@ -62,12 +63,17 @@ class SessionGraphEncoder(nn.Module):
         reset_uniform(self.embedding, dim)
 
     def forward(
-        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, graph: SessionGraph | None = None
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        graph: SessionGraph | PackedBatchGraph | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """item_seq [B, L] (right-padded with 0); item_seq_len [B] >= 1 -> (local [B, d], global [B, d])."""
+        if isinstance(graph, PackedBatchGraph):
+            return self._forward_packed(graph)
         if graph is None and self.uses_packed_path(item_seq.device):
-            packed = build_packed_session_graph(item_seq, item_seq_len, dtype=self.embedding.weight.dtype)
-            return self._forward_packed(packed)
+            dtype = self.embedding.weight.dtype
+            return self._forward_packed(build_packed_batch_graph(item_seq, item_seq_len, dtype))
         if graph is None:
             graph = build_session_graph(item_seq, item_seq_len, dtype=self.embedding.weight.dtype)
         h = self.embedding(graph.nodes)
@@ -87,17 +93,19 @@ class SessionGraphEncoder(nn.Module):
             return self.packed
         return current_backend() == "auto" and not triton_can_run(device)
 
-    def _forward_packed(self, graph: PackedSessionGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_packed(self, packed: PackedBatchGraph) -> tuple[torch.Tensor, torch.Tensor]:
         """The packed path on a prebuilt packed graph -> (local [B, d], global [B, d])."""
-        cell, readout = self.gnn, self.readout
-        items, item_of_node = torch.unique(graph.nodes, return_inverse=True)
-        rows = self.embedding(items)  # the first step's GEMM input: one row per distinct item
-        h = rows[item_of_node]
-        row_of_node = item_of_node
-        for _ in range(self.steps):
-            step_matrix = packed_step_matrix(
-                graph.src, graph.dst, graph.in_weight, graph.out_weight, row_of_node, rows.shape[0], h.dtype
-            )
+        cell, readout, graph = self.gnn, self.readout, packed.graph
+        rows = self.embedding(packed.items)  # the first step's GEMM input: one row per distinct item
+        h = rows.index_select(0, packed.item_of_node)  # backward: index_add (see attn_pool_packed)
+        dtype = h.dtype
+        step_matrix = tuple(m if m.dtype == dtype else m.to(dtype) for m in packed.step)
+        for step in range(self.steps):
+            if step == 1:  # later steps: one GEMM row per node, the same matrix each step
+                nodes = torch.arange(h.shape[0], device=h.device)
+                step_matrix = packed_step_matrix(
+                    graph.src, graph.dst, graph.in_weight, graph.out_weight, nodes, h.shape[0], dtype
+                )
             h = gnn_step_packed(
                 rows,
                 h,
@@ -113,8 +121,8 @@ class SessionGraphEncoder(nn.Module):
                 cell.w_hh,
                 cell.b_hh,
             )
-            rows, row_of_node = h, torch.arange(h.shape[0], device=h.device)
-        local = h[graph.last]
+            rows = h
+        local = h.index_select(0, graph.last)
         global_ = attn_pool_packed(
             h,
             graph.session,

@@ -205,3 +205,26 @@ def test_threads_beyond_the_cores_are_clamped_with_a_warning(tmp_path):
         assert torch.get_num_threads() == cores
     finally:
         torch.set_num_threads(before)
+
+
+def test_loader_workers_building_packed_graphs_train_exactly_like_the_main_process(tmp_path, monkeypatch):
+    from llm4sbr.models.encoder import SessionGraphEncoder
+
+    monkeypatch.setattr(SessionGraphEncoder, "uses_packed_path", lambda self, device: True)
+    built_in_workers = []
+    real = train_module.make_loader
+
+    def spy(*args, **kw):
+        built_in_workers.append(kw.get("with_packed_graph", False))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "make_loader", spy)
+    ds = tiny_dataset()
+    results = [
+        train(config(epochs=2, num_workers=workers), tmp_path / f"w{workers}", dataset=ds, progress=False)
+        for workers in (0, 1)
+    ]
+    assert built_in_workers == [False, False, True, True]
+    assert results[0].valid == results[1].valid and results[0].test == results[1].test
+    states = [load_checkpoint(tmp_path / f"w{w}" / "last.pt")["model"] for w in (0, 1)]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
