@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale-preset", choices=PRESETS, default="srgnn", help="preset the scale suite applies"
     )
     parser.add_argument("--scale-repeats", type=int, default=1, help="loads per size and checkout")
+    parser.add_argument(
+        "--scale-train-threads",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="thread counts at which the scale suite times SRGNN training on each log (none: skip)",
+    )
+    parser.add_argument(
+        "--scale-train-samples",
+        type=int,
+        default=20_000,
+        help="training samples timed per log and thread count",
+    )
     parser.add_argument("--scale-other", help="another llm4sbr checkout to load the same logs with (A/B)")
     parser.add_argument(
         "--scale-dir", help="folder for the synthetic logs, reused across runs (default: temporary)"
@@ -84,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         llm_max_prompt_items=args.llm_max_prompt_items, serve_checkpoint=args.serve_checkpoint,
         scale_sizes=tuple(args.scale_sizes), scale_preset=args.scale_preset, scale_repeats=args.scale_repeats,
         scale_other=args.scale_other, scale_dir=args.scale_dir, plots=not args.no_plots,
+        scale_train_threads=tuple(args.scale_train_threads), scale_train_samples=args.scale_train_samples,
     )  # fmt: skip
     suites = SUITES if args.suite == "all" else (args.suite,)
     results = run_benchmarks(suites, args.out, options)

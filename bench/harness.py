@@ -13,6 +13,7 @@ earlier records), one CSV per suite, ``tables.md`` (the README's tables) and PNG
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import csv
 import datetime
@@ -76,7 +77,9 @@ class BenchOptions:
     run's test sessions, one at a time. scale_sizes: synthetic log sizes of the scale suite (names
     in ``bench.scale.SCALE_SIZES``), each loaded ``scale_repeats`` times with ``scale_preset``;
     scale_other: another llm4sbr checkout to load the same logs with (a before/after A/B);
-    scale_dir: where the logs are written and reused (None: a temporary folder). plots: write PNGs
+    scale_dir: where the logs are written and reused (None: a temporary folder).
+    scale_train_threads, scale_train_samples: the thread counts at which SRGNN trains one epoch on
+    that many of each log's training samples (none: no training). plots: write PNGs
     (needs matplotlib).
     """
 
@@ -117,6 +120,8 @@ class BenchOptions:
     scale_repeats: int = 1
     scale_other: str | None = None
     scale_dir: str | None = None
+    scale_train_threads: tuple[int, ...] = (1, 2)
+    scale_train_samples: int = 20_000
     plots: bool = True
 
     @classmethod
@@ -146,6 +151,8 @@ class BenchOptions:
             llm_batch_size=2,
             llm_max_new_tokens=2,
             scale_sizes=("tiny",),
+            scale_train_threads=(1,),
+            scale_train_samples=64,
         )
         values.update(overrides)
         return cls(**values)
@@ -303,10 +310,16 @@ def peak_memory_mib(
 
 
 def process_peak_mib(device: torch.device) -> float:
-    """Peak memory of this process so far: the CUDA allocator's peak, or the peak resident set."""
+    """Peak memory of this process so far: the CUDA allocator's peak, or the peak resident set.
+    The resident peak is Linux's ``VmHWM``, this process's own: ``getrusage``'s ``ru_maxrss``
+    keeps the peak of the parent it was forked from, across ``exec`` too."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def measure(case: Case, device: torch.device, options: BenchOptions, rounds: int) -> dict[str, Any]:
@@ -338,11 +351,13 @@ def add_speedups(
 def in_fresh_process(
     fn: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any], isolate: bool
 ) -> dict:
-    """``fn(spec)``, in a spawned process when ``isolate`` (so its peak memory is its own)."""
+    """``fn(spec)``, in a spawned process when ``isolate`` (so its peak memory is its own). The
+    process is not a daemon, so ``fn`` may start data-loader workers."""
     if not isolate:
         return fn(spec)
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, (spec,))
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, spec).result()
 
 
 def progress(label: str, record: dict[str, Any]) -> None:
@@ -355,6 +370,8 @@ def progress(label: str, record: dict[str, Any]) -> None:
         note = f"{record['epoch_s']:.1f} s/epoch  peak {record.get('peak_mib', float('nan')):.0f} MiB"
     elif "prompts_per_s" in record:
         note = f"{record['prompts_per_s']:.3f} prompts/s  peak {record['peak_mib']:.0f} MiB"
+    elif "samples_per_s" in record:
+        note = f"{record['samples_per_s']:.0f} samples/s, epoch {record['epoch_estimate_s']:.0f} s"
     elif "load_s" in record:
         note = f"{record['load_s']:.1f} s  peak {record['peak_mib']:.0f} MiB"
         note += f"  {record['bytes_per_click']:.0f} B/click"

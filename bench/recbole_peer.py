@@ -36,6 +36,16 @@ from pathlib import Path
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 
+def resident_peak_mib() -> float:
+    """This process's peak resident set (Linux ``VmHWM``; ``ru_maxrss`` would also hold the peak
+    of the process that started it, kept across fork and exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def samples_fingerprint(prefixes: list[list[str]], targets: list[str]) -> str:
     """sha256 of the sorted ``"raw prefix ids > raw target"`` lines (as bench/train.py does)."""
     lines = sorted(" ".join(p) + " > " + t for p, t in zip(prefixes, targets, strict=True))
@@ -122,7 +132,7 @@ def run(epochs: int, anomaly: bool, device: str, batch_size: int, dim: int, thre
         if device == "cuda":
             peak_mib = torch.cuda.max_memory_allocated() / 2**20
         else:
-            peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            peak_mib = resident_peak_mib()
         n_samples, fingerprint = train_fingerprint(train_data.dataset)
     return {
         "epoch_seconds": epoch_seconds,

@@ -1,6 +1,7 @@
 """The ``scale`` suite: seconds and peak memory of ``load_dataset(csv, preset)`` (reading the log,
 sessionizing, the preset's filters and the prefix samples) on synthetic click logs shaped like
-Diginetica, in a fresh interpreter per run.
+Diginetica, in a fresh interpreter per run; then our SRGNN's training samples/s on each log at
+each thread count (:func:`measure_training`), and the epoch time at that rate.
 
 :func:`make_log` writes the logs: Zipf item popularity, log-normal session lengths (mean about
 4.2 clicks), 15% immediate re-clicks of the previous item, sessions starting uniformly over 150
@@ -147,6 +148,57 @@ def make_log(
     return path
 
 
+TRAIN_WORKER = r"""
+import dataclasses, json, sys, tempfile
+import numpy as np
+import torch
+from llm4sbr.config import TrainConfig
+from llm4sbr.data import load_dataset
+from llm4sbr.training import train
+
+path, preset, threads, n_samples = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+dataset = load_dataset(path, preset)
+rng = np.random.default_rng(0)
+train_set = dataset.splits["train"]
+picked = {"train": rng.permutation(len(train_set))[:n_samples]}
+for split in ("valid", "test"):
+    picked[split] = np.arange(min(len(dataset.splits[split]), 500))
+part = dataclasses.replace(dataset, splits={k: dataset.splits[k].subset(v) for k, v in picked.items()})
+config = TrainConfig(data=path, preset=preset, model="srgnn", epochs=1, threads=threads, device="cpu")
+with tempfile.TemporaryDirectory() as out:
+    result = train(config, out, dataset=part, progress=False)
+print(json.dumps({
+    "seconds": result.epoch_seconds[0], "measured_samples": len(picked["train"]),
+    "train_samples": len(train_set), "items": dataset.n_items, "threads": torch.get_num_threads(),
+}))
+"""
+"""The training child: one epoch of our SRGNN (defaults: d = 100, batch 100) on a random
+``n_samples`` of the log's training samples (evaluation on 500 samples, not timed)."""
+
+
+def measure_training(path: str | os.PathLike, preset: str, threads: int, n_samples: int) -> dict:
+    """Training samples/s of our SRGNN on the log at ``threads`` torch threads, in a fresh
+    interpreter, and the full epoch's seconds at that rate; or ``{"error": ...}``."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    command = [
+        sys.executable,
+        "-c",
+        TRAIN_WORKER,
+        str(Path(path).resolve()),
+        preset,
+        str(threads),
+        str(n_samples),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd="/")
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"error": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"}
+    child = json.loads(lines[-1])
+    rate = child["measured_samples"] / child["seconds"]
+    return {**child, "samples_per_s": rate, "epoch_estimate_s": child["train_samples"] / rate}
+
+
 def measure_load(path: str | os.PathLike, preset: str = "srgnn", checkout: str | None = None) -> dict:
     """One ``load_dataset(path, preset)`` in a fresh interpreter that imports llm4sbr from
     ``checkout`` (default: this repository): seconds, peak and baseline resident set (MiB),
@@ -203,4 +255,14 @@ def run_scale(options: BenchOptions, device: torch.device) -> list[dict[str, Any
                     record.update(measure_load(path, options.scale_preset, checkout))
                     records.append(record)
                     progress(f"scale {size} {side}", record)
+            for threads in options.scale_train_threads:
+                record = {
+                    "op": "train", "log": size, "sessions": n_sessions, "catalog": n_items,
+                    "preset": options.scale_preset, "load_average": [round(x, 2) for x in os.getloadavg()],
+                }  # fmt: skip
+                record.update(
+                    measure_training(path, options.scale_preset, threads, options.scale_train_samples)
+                )
+                records.append(record)
+                progress(f"scale {size} training at {threads} threads", record)
     return records

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from bench.harness import BenchOptions, run_benchmarks
 from bench.report import render_tables
@@ -53,13 +54,17 @@ def test_scale_suite_writes_records_tables_and_targets(tmp_path) -> None:
     options = BenchOptions.tiny(scale_dir=str(tmp_path / "logs"), plots=False)
     results = run_benchmarks(["scale"], tmp_path / "out", options)
     records = results["suites"]["scale"]["records"]
-    assert [r["log"] for r in records] == ["tiny"] and records[0]["side"] == "this"
+    assert [r["log"] for r in records] == ["tiny", "tiny"] and records[0]["side"] == "this"
+    trained = records[1]
+    assert trained["op"] == "train" and trained["threads"] == 1 and trained["measured_samples"] == 64
+    assert trained["epoch_estimate_s"] == pytest.approx(trained["train_samples"] / trained["samples_per_s"])
     assert records[0]["load_s"] > 0 and len(records[0]["load_average"]) == 3
     environment = results["suites"]["scale"]["environment"]
     assert environment["threads"] >= 1 and len(environment["load_average"]) == 3
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     statuses = {t["target"]: t["status"] for t in saved["targets"]}
     assert statuses["scale M: load + srgnn preset targets"] == "not measured"
+    assert statuses["scale M: SRGNN training epoch <= 10 min at 2 threads (fp32)"] == "not measured"
     assert "### Loading at scale" in render_tables(saved)
     assert (tmp_path / "out" / "scale.csv").is_file()
 
