@@ -67,7 +67,9 @@ class TrainConfig:
     # runtime
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
     bf16: bool = option(False, "bf16 autocast for the dense layers")
-    num_workers: int = option(0, "data-loader worker processes")
+    num_workers: int = option(
+        0, "data-loader worker processes; on the CPU packed path they also build the session graphs"
+    )
     threads: int | None = option(None, "torch CPU threads (None: torch's choice)")
 
     def __post_init__(self) -> None:
