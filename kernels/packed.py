@@ -107,11 +107,17 @@ def _csr(
     order = torch.argsort(rows * shape[1] + cols)
     crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows.device)
     torch.cumsum(torch.bincount(rows, minlength=shape[0]), dim=0, out=crow[1:])
+    return sparse_csr(crow, cols[order], values[order], shape)
+
+
+def sparse_csr(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """A sparse CSR matrix of ``shape`` from its parts (crow [rows + 1], col and values [nnz]),
+    without invariant checks (a host sync each) and without torch's beta warning."""
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
-        )
-        return torch.sparse_csr_tensor(crow, cols[order], values[order], shape, check_invariants=False)
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 class _SparseProduct(torch.autograd.Function):

@@ -25,12 +25,12 @@ build it while the main process computes; :func:`packed_batch_to_dict` and
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
 
 from llm4sbr.kernels import packed_step_matrix
+from llm4sbr.kernels.packed import sparse_csr
 
 PACKED_PREFIX = "packed_"
 """Batch keys of a prebuilt :class:`PackedBatchGraph` start with this."""
@@ -221,8 +221,8 @@ def packed_batch_to_dict(packed: PackedBatchGraph) -> dict[str, torch.Tensor]:
     out = {PACKED_PREFIX + name: value for name, value in packed.graph._asdict().items()}
     out[PACKED_PREFIX + "items"] = packed.items
     out[PACKED_PREFIX + "item_of_node"] = packed.item_of_node
-    # Sparse tensors as their parts: rebuilt with check_invariants=False, where unpickling one
-    # from a worker warns that the checks are off.
+    # Sparse tensors as their parts, rebuilt by sparse_csr: unpickling one from a worker would
+    # warn that invariant checks are off.
     for name, matrix in zip(("step", "step_t"), packed.step, strict=True):
         out[f"{PACKED_PREFIX}{name}_crow"] = matrix.crow_indices()
         out[f"{PACKED_PREFIX}{name}_col"] = matrix.col_indices()
@@ -238,13 +238,7 @@ def packed_batch_from_dict(batch: dict[str, torch.Tensor]) -> PackedBatchGraph |
     items = batch[PACKED_PREFIX + "items"]
     shape = (2 * graph.nodes.shape[0], 3 * items.shape[0])
     step = tuple(
-        _csr(*(batch[f"{PACKED_PREFIX}{name}_{part}"] for part in ("crow", "col", "values")), size)
+        sparse_csr(*(batch[f"{PACKED_PREFIX}{name}_{part}"] for part in ("crow", "col", "values")), size)
         for name, size in (("step", shape), ("step_t", shape[::-1]))
     )
     return PackedBatchGraph(graph, items, batch[PACKED_PREFIX + "item_of_node"], step)
-
-
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
