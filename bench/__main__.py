@@ -50,6 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--llm-max-prompt-items", type=int, help="bundled LLM prompts show the last N clicks (default: all)"
     )
     parser.add_argument(
+        "--llm-precisions",
+        nargs="*",
+        default=["fp32", "bf16", "4bit"],
+        help="transformers-engine precisions of the bundled LLM's batch runs (none: skip them)",
+    )
+    parser.add_argument(
+        "--llm-stream-prompts",
+        type=int,
+        default=300,
+        help="prompts of the infer-intents stream the default engine (llama.cpp) answers per run (0: skip)",
+    )
+    parser.add_argument(
+        "--llm-stream-items",
+        nargs="+",
+        default=["10", "all"],
+        help="clicks shown in the stream runs' prompts: numbers or 'all'",
+    )
+    parser.add_argument(
+        "--llm-stream-threads",
+        nargs="+",
+        type=int,
+        default=[1, 2],
+        help="llama.cpp threads of the stream runs",
+    )
+    parser.add_argument(
         "--scale-sizes",
         nargs="+",
         choices=tuple(SCALE_SIZES),
@@ -94,7 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads, epochs=args.epochs, recbole_python=args.recbole_python,
         recbole_script=args.recbole_script, llm_models=tuple(args.llm_models) if args.llm_models else None,
         llm_prompts=args.llm_prompts, llm_batch_size=args.llm_batch_size,
-        llm_max_prompt_items=args.llm_max_prompt_items, serve_checkpoint=args.serve_checkpoint,
+        llm_max_prompt_items=args.llm_max_prompt_items, llm_precisions=tuple(args.llm_precisions),
+        llm_stream_prompts=args.llm_stream_prompts,
+        llm_stream_items=tuple(None if v == "all" else int(v) for v in args.llm_stream_items),
+        llm_stream_threads=tuple(args.llm_stream_threads), serve_checkpoint=args.serve_checkpoint,
         scale_sizes=tuple(args.scale_sizes), scale_preset=args.scale_preset, scale_repeats=args.scale_repeats,
         scale_other=args.scale_other, scale_dir=args.scale_dir, plots=not args.no_plots,
         scale_train_threads=tuple(args.scale_train_threads), scale_train_samples=args.scale_train_samples,

@@ -72,7 +72,10 @@ class BenchOptions:
     so its peak memory is its own. llm_models: "bundled" (SmolLM2 GGUF, real prompts) or names
     in ``bench.llm.RANDOM_LLM_CONFIGS``; None picks "bundled" on CPU and smollm2-135m + qwen2-7b
     on CUDA. llm_max_prompt_items: the bundled runs' prompts show only the last N clicks (as
-    ``infer-intents --max-prompt-items``; None shows all). serve_checkpoint: a trained run's
+    ``infer-intents --max-prompt-items``; None shows all). llm_stream_prompts, llm_stream_items,
+    llm_stream_threads: on CPU the default engine (llama.cpp) also answers that many prompts of
+    the ``infer-intents`` stream at each number of clicks shown (None: all) and each thread count
+    (0 prompts: not run). serve_checkpoint: a trained run's
     best.pt whose ``Recommender.recommend`` (and ``explain``) the serve suite also times on the
     run's test sessions, one at a time. scale_sizes: synthetic log sizes of the scale suite (names
     in ``bench.scale.SCALE_SIZES``), each loaded ``scale_repeats`` times with ``scale_preset``;
@@ -115,6 +118,9 @@ class BenchOptions:
     llm_batch_size: int = 8
     llm_max_new_tokens: int = 32
     llm_max_prompt_items: int | None = None
+    llm_stream_prompts: int = 300
+    llm_stream_items: tuple[int | None, ...] = (10, None)
+    llm_stream_threads: tuple[int, ...] = (1, 2)
     scale_sizes: tuple[str, ...] = ("S", "M")
     scale_preset: str = "srgnn"
     scale_repeats: int = 1
@@ -150,6 +156,7 @@ class BenchOptions:
             llm_prompts=2,
             llm_batch_size=2,
             llm_max_new_tokens=2,
+            llm_stream_prompts=0,
             scale_sizes=("tiny",),
             scale_train_threads=(1,),
             scale_train_samples=64,

@@ -1,8 +1,11 @@
 """The ``llm`` suite: stage-1 generation prompts/s and peak memory per precision.
 
-On CPU the bundled SmolLM2-135M with real prompts through :func:`llm4sbr.intent.make_backend`;
-on CUDA models built from their configuration with random weights (cost does not depend on the
-weights' values), bf16 against bitsandbytes NF4.
+On CPU the bundled SmolLM2-135M with real prompts through :func:`llm4sbr.intent.make_backend`:
+the default engine (llama.cpp, Q4_0) on the stream of prompts ``infer-intents`` sends it, in its
+order, at each thread count and number of clicks shown (the stage-1 speed targets), and the
+transformers engine per precision on a batch of prompts; on CUDA models built from their
+configuration with random weights (cost does not depend on the weights' values), bf16 against
+bitsandbytes NF4.
 """
 
 from __future__ import annotations
@@ -49,6 +52,106 @@ def real_prompts(count: int, max_items: int | None = None, seed: int = 0) -> lis
     test = dataset.splits["test"]
     rows = np.random.default_rng(seed).choice(len(test), size=min(count, len(test)), replace=False)
     return [build_prompt(dataset.item_names, test.prefix(int(i)), "long", max_items) for i in rows]
+
+
+def stream_prompts(count: int, max_items: int | None) -> list[str]:
+    """The first ``count`` prompts ``infer-intents --data ml-100k --llm-budget 1`` sends a
+    prefix-ordered engine: both views of every train and valid sample, distinct, in
+    :func:`llm4sbr.intent.prefix_order` (session groups in a seeded random order, so any
+    leading part is a sample of the whole run)."""
+    from llm4sbr.data import load_dataset
+    from llm4sbr.intent import VIEWS, build_prompt, prefix_order
+
+    dataset = load_dataset("ml-100k")
+    prompts = list(
+        dict.fromkeys(
+            build_prompt(dataset.item_names, samples.prefix(i), view, max_items)
+            for split in ("train", "valid")
+            for samples in (dataset.splits[split],)
+            for i in range(len(samples))
+            for view in VIEWS
+        )
+    )
+    return [prompts[i] for i in prefix_order(prompts)[:count]]
+
+
+def _resident_mib() -> float:
+    """This process's resident memory now (Linux ``VmRSS``; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def _engine_rates(backend: Any) -> dict[str, float]:
+    """llama.cpp's own speed on this machine with ``backend``'s model and threads: prompt tokens
+    per second evaluating 256 tokens at once (the cache cleared), and milliseconds per token
+    evaluating one at a time (a decode step)."""
+    llm = backend._llm
+    tokens = (backend.tokens("The order in which users click on items is as follows:\n" * 40) * 2)[:288]
+    backend._keep_common_prefix([0])  # clears the KV cache
+    start = time.perf_counter()
+    backend._evaluate(tokens[:256])
+    prefill = 256 / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for token in tokens[256:]:
+        backend._evaluate([token])
+    decode_ms = 1000 * (time.perf_counter() - start) / 32
+    llm.reset()
+    return {"engine_prefill_tok_s": prefill, "engine_decode_ms": decode_ms}
+
+
+def _llm_stream_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The default stage-1 engine (llama.cpp, the bundled model requantised to Q4_0) on
+    :func:`stream_prompts`, one after the other as ``infer-intents`` runs them. The engine floor
+    estimates what llama.cpp alone needs for the same work: the prompt tokens computed at its
+    prefill rate on a 256-token prompt plus one decode step per new token (long prompts' attention
+    costs more than that); ``in_llama_cpp_share`` is the measured share of the time spent inside
+    llama.cpp's evaluation calls. ``peak_mib``: the process's peak resident
+    memory above what it held before the engine was made (model, KV cache, buffers)."""
+    from llm4sbr.intent import make_backend
+
+    prompts = stream_prompts(spec["prompts"], spec["max_prompt_items"])
+    baseline_mib = _resident_mib()
+    try:
+        backend = make_backend("smollm2", threads=spec["threads"], max_new_tokens=spec["max_new_tokens"])
+        start = time.perf_counter()
+        backend.generate(["The order in which users click on items is as follows:"])
+    except (RuntimeError, ImportError) as exc:
+        return {"skipped": f"{type(exc).__name__}: {exc}"}
+    if type(backend).__name__ != "LlamaCppBackend":
+        return {"skipped": "llama-cpp-python is not installed (the cpu-llm extra)"}
+    load_s = time.perf_counter() - start
+    rates = _engine_rates(backend)
+    before, engine_before = dict(backend.stats), backend.engine_seconds
+    start = time.perf_counter()
+    backend.generate(prompts)
+    seconds = time.perf_counter() - start
+    engine_seconds = backend.engine_seconds - engine_before
+    stats = {
+        k: backend.stats[k] - before[k] for k in ("prompts", "prompt_tokens", "prefill_tokens", "new_tokens")
+    }
+    floor_s = (
+        stats["prefill_tokens"] / rates["engine_prefill_tok_s"]
+        + stats["new_tokens"] * rates["engine_decode_ms"] / 1000
+    )
+    return {
+        "load_s": load_s,
+        "prompts": len(prompts),
+        "mean_prompt_tokens": stats["prompt_tokens"] / len(prompts),
+        "computed_tokens_per_prompt": stats["prefill_tokens"] / len(prompts),
+        "computed_share": stats["prefill_tokens"] / stats["prompt_tokens"],
+        "new_tokens_per_prompt": stats["new_tokens"] / len(prompts),
+        "generate_s": seconds,
+        "prompts_per_s": len(prompts) / seconds,
+        **rates,
+        "engine_floor_prompts_per_s": len(prompts) / floor_s,
+        "in_llama_cpp_share": engine_seconds / seconds,
+        "weights_mib": backend._llm._model.size() / 2**20,
+        "peak_mib": process_peak_mib(torch.device("cpu")) - baseline_mib,
+        "threads": backend.threads,
+    }
 
 
 def _generation_seconds(
@@ -175,6 +278,20 @@ def run_llm(options: BenchOptions, device: torch.device) -> list[dict[str, Any]]
     :func:`_llm_random_worker`."""
     models = options.llm_models or (("bundled",) if device.type == "cpu" else ("smollm2-135m", "qwen2-7b"))
     records = []
+    if device.type == "cpu" and "bundled" in models and options.llm_stream_prompts:
+        for items in options.llm_stream_items:
+            for threads in options.llm_stream_threads:
+                spec = {
+                    "prompts": options.llm_stream_prompts, "max_prompt_items": items,
+                    "threads": threads, "max_new_tokens": options.llm_max_new_tokens,
+                }  # fmt: skip
+                record = {
+                    "model": "SmolLM2-135M-Instruct (bundled GGUF)", "precision": "Q4_0 (llama.cpp)",
+                    "weights": "real", "batch": "stream", "prompt_items": items or "all",
+                }  # fmt: skip
+                record.update(in_fresh_process(_llm_stream_worker, spec, options.isolate))
+                records.append(record)
+                progress(f"llm stream, {items or 'all'} clicks, {threads} threads", record)
     for model in models:
         precisions = (
             options.llm_precisions if model == "bundled" or device.type == "cpu" else ("bf16", "4bit")

@@ -12,6 +12,8 @@ from .harness import KERNELS, MODES, PROVIDERS, SHAPES
 
 TARGET_SHAPE = "large"
 """The kernel shape the GPU kernel targets are judged at."""
+STREAM_TARGETS = ((10, 10.0), ("all", 3.5))
+"""(clicks shown, prompts/s): stage 1's speed targets for the default engine at 2 threads."""
 
 
 def evaluate_targets(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,6 +87,21 @@ def evaluate_targets(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 add(f"{model}: 4-bit peak <= 40% of bf16 (GPU)", None, "a precision did not run")
     else:
         add("LLM 4-bit peak <= 40% of bf16 (GPU)", None, "owed: needs a CUDA device")
+    streams = [r for r in llm.get("records", []) if r.get("batch") == "stream"]
+    for items, wanted in STREAM_TARGETS:
+        runs = [r for r in streams if r["prompt_items"] == items and r.get("threads") == 2]
+        run = runs[0] if runs else {}
+        rate = run.get("prompts_per_s")
+        add(
+            f"stage 1 default engine, {items} clicks shown: >= {wanted:g} prompts/s at 2 threads",
+            None if rate is None else rate >= wanted,
+            "not run"
+            if rate is None
+            else f"{rate:.2f} prompts/s, {100 * run.get('in_llama_cpp_share', float('nan')):.0f}% of the "
+            f"time inside llama.cpp ({run['computed_tokens_per_prompt']:.0f} prompt tokens computed "
+            f"and {run['new_tokens_per_prompt']:.1f} new per prompt; at llama.cpp's rates on a "
+            f"256-token prompt that work takes as long as {run['engine_floor_prompts_per_s']:.2f} prompts/s)",
+        )
     if "scale" in suites:
         runs = [
             r
@@ -251,8 +268,12 @@ def render_tables(results: dict[str, Any]) -> str:
     if "llm" in suites:
         suite = suites["llm"]
         parts.append("### LLM stage (intent generation)\n\n" + _machine_line(suite))
-        values = ["prompts_per_s", "mean_prompt_tokens", "weights_mib", "generation_mib", "peak_mib"]
-        labels = ["model", "weights", "precision", "batch", "prompt_items"]
+        values = [
+            "prompts_per_s", "in_llama_cpp_share", "engine_floor_prompts_per_s", "mean_prompt_tokens",
+            "computed_tokens_per_prompt",
+            "new_tokens_per_prompt", "weights_mib", "generation_mib", "peak_mib",
+        ]  # fmt: skip
+        labels = ["model", "weights", "precision", "batch", "prompt_items", "threads"]
         parts.append(_records_table(suite["records"], labels, values))
     if "scale" in suites:
         suite = suites["scale"]

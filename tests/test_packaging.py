@@ -55,6 +55,28 @@ def test_import_works_without_triton_and_the_llm_extra():
     assert proc.stdout.strip().endswith("ok")
 
 
+def test_serving_loads_no_stage_one_engine_and_every_intent_name_resolves():
+    proc = run_without(
+        (),
+        """
+        import sys
+        import llm4sbr.serving
+        stage_one = ("infer", "backends", "backend_llamacpp", "backend_openai", "budget", "requests_io")
+        loaded = [m for m in stage_one if f"llm4sbr.intent.{m}" in sys.modules]
+        assert not loaded, loaded
+        import llm4sbr.intent as intent
+        import llm4sbr.intent.localize
+        for name in intent.__all__:
+            value = getattr(intent, name)
+            assert name.isupper() or value.__module__.startswith("llm4sbr.intent"), name
+        assert callable(intent.localize) and set(intent.__all__) <= set(dir(intent))
+        print("ok")
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
+
+
 def test_forcing_triton_on_cpu_without_the_interpreter_raises():
     proc = run_without(
         (),

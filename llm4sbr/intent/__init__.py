@@ -7,80 +7,62 @@ catalog and written as ``intents.npy`` [n_samples, 2, d_text] for stage 2. With 
 the other rows.
 
 ``import llm4sbr.intent`` needs neither transformers, bitsandbytes nor llama-cpp-python; they are
-imported when a real backend or encoder is used.
+imported when a real backend or encoder is used. The names below are imported from their modules
+on first use, so code that needs one module (serving needs :mod:`.predictor`) loads only that.
 """
 
-from .backend_llamacpp import EngineUnavailable, LlamaCppBackend
-from .backend_openai import LLMServerError, OpenAIBackend
-from .backends import (
-    BACKENDS,
-    EngineFallbackWarning,
-    FakeBackend,
-    TransformersBackend,
-    make_backend,
-    postprocess_answer,
-)
-from .budget import BudgetPlan, budget_count, check_budget, plan_budget
-from .cache import AnswerCache, CacheCorruptionWarning, answer_key
-from .config import IntentConfig, add_arguments, config_from_args
-from .controls import CONTROLS, control_intents, write_control_intents
-from .encode import HashingEncoder, TextEncoder, make_encoder
-from .infer import ImportProblemWarning, IntentResult, infer_intents, llm_sample_count
-from .localize import localize
-from .lookup import IntentLookup, item_intent_table
-from .order import prefix_order
-from .predictor import IntentExplainer, IntentPredictor, load_intent_predictor
-from .prompts import VIEWS, build_prompt
-from .requests_io import ImportReport, RequestsExported, export_requests, import_responses, read_responses
-from .store import load_catalog, load_from_llm, load_intents, save_intents
+from __future__ import annotations
 
-__all__ = [
-    "BACKENDS",
-    "CONTROLS",
-    "VIEWS",
-    "control_intents",
-    "write_control_intents",
-    "AnswerCache",
-    "BudgetPlan",
-    "CacheCorruptionWarning",
-    "EngineFallbackWarning",
-    "EngineUnavailable",
-    "FakeBackend",
-    "HashingEncoder",
-    "ImportProblemWarning",
-    "ImportReport",
-    "IntentConfig",
-    "IntentExplainer",
-    "IntentLookup",
-    "IntentPredictor",
-    "IntentResult",
-    "LLMServerError",
-    "LlamaCppBackend",
-    "OpenAIBackend",
-    "RequestsExported",
-    "TextEncoder",
-    "TransformersBackend",
-    "add_arguments",
-    "answer_key",
-    "budget_count",
-    "build_prompt",
-    "check_budget",
-    "config_from_args",
-    "export_requests",
-    "import_responses",
-    "infer_intents",
-    "item_intent_table",
-    "llm_sample_count",
-    "load_catalog",
-    "load_from_llm",
-    "load_intent_predictor",
-    "load_intents",
-    "localize",
-    "make_backend",
-    "make_encoder",
-    "plan_budget",
-    "postprocess_answer",
-    "prefix_order",
-    "read_responses",
-    "save_intents",
-]
+import importlib
+from typing import Any
+
+# Eager: the function shares its module's name, and importing the module would otherwise leave the
+# module, not the function, as this package's attribute.
+from .localize import localize as localize
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "backend_llamacpp": ("EngineUnavailable", "LlamaCppBackend"),
+    "backend_openai": ("LLMServerError", "OpenAIBackend"),
+    "backends": (
+        "BACKENDS",
+        "EngineFallbackWarning",
+        "FakeBackend",
+        "TransformersBackend",
+        "make_backend",
+        "postprocess_answer",
+    ),
+    "budget": ("BudgetPlan", "budget_count", "check_budget", "plan_budget"),
+    "cache": ("AnswerCache", "CacheCorruptionWarning", "answer_key"),
+    "config": ("IntentConfig", "add_arguments", "config_from_args"),
+    "controls": ("CONTROLS", "control_intents", "write_control_intents"),
+    "encode": ("HashingEncoder", "TextEncoder", "make_encoder"),
+    "infer": ("ImportProblemWarning", "IntentResult", "infer_intents", "llm_sample_count"),
+    "lookup": ("IntentLookup", "item_intent_table"),
+    "order": ("prefix_order",),
+    "predictor": ("IntentExplainer", "IntentPredictor", "load_intent_predictor"),
+    "prompts": ("VIEWS", "build_prompt"),
+    "requests_io": (
+        "ImportReport",
+        "RequestsExported",
+        "export_requests",
+        "import_responses",
+        "read_responses",
+    ),
+    "store": ("load_catalog", "load_from_llm", "load_intents", "save_intents"),
+}
+"""Each public name's module."""
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted([*_MODULE_OF, "localize"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -36,6 +36,7 @@ from llm4sbr.models.registry import MODEL_CLASSES, build_model
 from llm4sbr.training.distributed import DistributedEnv, process_group, resolve_device, shard_batches
 from llm4sbr.training.early_stopping import EarlyStopping
 from llm4sbr.training.evaluate import batch_to, evaluate
+from llm4sbr.training.host_memory import retain_freed_memory
 
 LAST, BEST, LOG, RESULT = "last.pt", "best.pt", "metrics.jsonl", "result.json"
 
@@ -133,6 +134,8 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(_clamp_threads(config.threads))
+    if device.type == "cpu":
+        retain_freed_memory()  # no page faults for the memory each step frees and takes again
     if dataset is None:
         dataset = run_dataset(config)
     for split in ("train", "valid", "test"):

@@ -27,6 +27,7 @@ from llm4sbr.intent import (
     infer_intents,
     make_backend,
 )
+from llm4sbr.intent.backend_base import first_line
 from llm4sbr.intent.backend_llamacpp import cache_root, free_cores, requantize
 from llm4sbr.intent.order import prefix_order
 from llm4sbr.intent.prompts import VIEWS, build_prompt
@@ -146,6 +147,44 @@ def test_kv_cache_reuse_is_counted_and_changes_no_answer(q4_0: Path) -> None:
     assert fresh.stats["prefill_tokens"] == fresh.stats["prompt_tokens"] == reuse.stats["prompt_tokens"]
     assert reused == reset  # greedy: identical answers with and without the reused KV cache
     assert all(answer.strip() and "\n" not in answer for answer in reused)
+
+
+def reference_greedy(engine: LlamaCppBackend, prompt: str) -> str:
+    """llama-cpp-python's own ``Llama.generate`` (greedy, the KV cache reset): the answer the
+    engine's decoding loop must reproduce token for token."""
+    llm = engine._llm
+    llm.reset()
+    new: list[int] = []
+    for token in llm.generate(engine.tokens(prompt), top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+        if token == llm.token_eos() or len(new) == 12:
+            break
+        new.append(token)
+        if "\n" in llm.detokenize(new).decode("utf-8", errors="ignore").lstrip():
+            break
+    return first_line(llm.detokenize(new).decode("utf-8", errors="ignore"))
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_greedy_loop_answers_as_llama_generate(q4_0: Path) -> None:
+    prompts = real_prompts()
+    ordered = [prompts[i] for i in prefix_order(prompts)]
+    ours = LlamaCppBackend(q4_0, quant=None, threads=1, max_new_tokens=12).generate(ordered)
+    reference = LlamaCppBackend(q4_0, quant=None, threads=1, max_new_tokens=12)
+    reference.generate(ordered[:1])  # loads the model
+    assert ours == [reference_greedy(reference, p) for p in ordered]
+
+
+@pytest.mark.slow
+@needs_llama_cpp
+def test_sampled_answers_depend_on_the_prompt_and_seed_only(q4_0: Path) -> None:
+    prompts = real_prompts()[:6]
+    settings = dict(quant=None, threads=1, max_new_tokens=12, do_sample=True, seed=3)
+    forward = LlamaCppBackend(q4_0, **settings).generate(prompts)
+    backward = LlamaCppBackend(q4_0, reuse_prefix=False, **settings).generate(prompts[::-1])[::-1]
+    assert forward == backward
+    other_seed = LlamaCppBackend(q4_0, **{**settings, "seed": 4}).generate(prompts)
+    assert other_seed != forward
 
 
 @pytest.mark.slow
