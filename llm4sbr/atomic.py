@@ -55,14 +55,20 @@ def sweep_leftovers(folder: Path) -> int:
     return removed
 
 
-def _open_locked(path: Path) -> tuple[Path, BinaryIO]:
+def _open_locked(path: Path, created: list[Path]) -> BinaryIO:
     """A new temporary file next to ``path``, locked; retried if a sweep removed it between its
-    creation and the lock."""
+    creation and the lock. Each name goes into ``created`` before its file exists, so the
+    caller's cleanup finds it whenever an interrupt (Ctrl-C) lands."""
     while True:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-        f = open(tmp, "xb")
+        created.append(tmp)
+        try:
+            f = open(tmp, "xb")
+        except FileExistsError:  # another writer's name: not ours to remove
+            created.pop()
+            continue
         if _lock(f.fileno()) and os.fstat(f.fileno()).st_nlink > 0:
-            return tmp, f
+            return f
         f.close()
 
 
@@ -78,8 +84,10 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     if folder not in _swept:
         _swept.add(folder)
         sweep_leftovers(folder)
-    tmp, f = _open_locked(path)
+    created: list[Path] = []
     try:
+        f = _open_locked(path, created)
+        tmp = created[-1]
         try:
             yield f
             f.flush()
@@ -91,7 +99,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         if fcntl is None:
             os.replace(tmp, path)  # Windows renames closed files only
     finally:
-        tmp.unlink(missing_ok=True)
+        for name in created:
+            name.unlink(missing_ok=True)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:

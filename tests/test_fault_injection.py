@@ -591,3 +591,17 @@ def test_ctrl_c_stops_infer_intents_with_exit_code_130_and_a_resume_hint(tmp_pat
     assert "rerun the same command" in done.stderr
     assert cache_progress(out)["answer_cache entries"] >= 1
     assert not (out / "meta.json").exists()  # stage 1 never got to write its output
+
+
+def test_an_interrupt_while_the_temporary_file_is_being_locked_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C can land after the temporary file exists and before the writer's own cleanup
+    would know it: the file must still go."""
+    import llm4sbr.atomic as atomic
+
+    def interrupted(fd: int) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "_lock", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_atomic(tmp_path / "answers.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
