@@ -316,17 +316,26 @@ def peak_memory_mib(
     return peak / 2**20
 
 
+def status_mib(field: str) -> float | None:
+    """A memory field of Linux's ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in MiB, or
+    None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
 def process_peak_mib(device: torch.device) -> float:
     """Peak memory of this process so far: the CUDA allocator's peak, or the peak resident set.
     The resident peak is Linux's ``VmHWM``, this process's own: ``getrusage``'s ``ru_maxrss``
     keeps the peak of the parent it was forked from, across ``exec`` too."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
+    peak = status_mib("VmHWM")
+    if peak is None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak
 
 
 def measure(case: Case, device: torch.device, options: BenchOptions, rounds: int) -> dict[str, Any]:

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .harness import BenchOptions, in_fresh_process, peak_memory_mib, process_peak_mib, progress, synchronize
+from .harness import (
+    BenchOptions,
+    in_fresh_process,
+    peak_memory_mib,
+    process_peak_mib,
+    progress,
+    status_mib,
+    synchronize,
+)
 
 RANDOM_LLM_CONFIGS: dict[str, dict[str, Any]] = {
     "smollm2-135m": dict(
@@ -75,15 +83,6 @@ def stream_prompts(count: int, max_items: int | None) -> list[str]:
     return [prompts[i] for i in prefix_order(prompts)[:count]]
 
 
-def _resident_mib() -> float:
-    """This process's resident memory now (Linux ``VmRSS``; 0 where it cannot be read)."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration):
-        return 0.0
-
-
 def _engine_rates(backend: Any) -> dict[str, float]:
     """llama.cpp's own speed on this machine with ``backend``'s model and threads: prompt tokens
     per second evaluating 256 tokens at once (the cache cleared), and milliseconds per token
@@ -113,7 +112,7 @@ def _llm_stream_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from llm4sbr.intent import make_backend
 
     prompts = stream_prompts(spec["prompts"], spec["max_prompt_items"])
-    baseline_mib = _resident_mib()
+    baseline_mib = status_mib("VmRSS") or 0.0
     try:
         backend = make_backend("smollm2", threads=spec["threads"], max_new_tokens=spec["max_new_tokens"])
         start = time.perf_counter()

@@ -89,8 +89,7 @@ def evaluate_targets(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         add("LLM 4-bit peak <= 40% of bf16 (GPU)", None, "owed: needs a CUDA device")
     streams = [r for r in llm.get("records", []) if r.get("batch") == "stream"]
     for items, wanted in STREAM_TARGETS:
-        runs = [r for r in streams if r["prompt_items"] == items and r.get("threads") == 2]
-        run = runs[0] if runs else {}
+        run = next((r for r in streams if r["prompt_items"] == items and r.get("threads") == 2), {})
         rate = run.get("prompts_per_s")
         add(
             f"stage 1 default engine, {items} clicks shown: >= {wanted:g} prompts/s at 2 threads",
@@ -270,8 +269,8 @@ def render_tables(results: dict[str, Any]) -> str:
         parts.append("### LLM stage (intent generation)\n\n" + _machine_line(suite))
         values = [
             "prompts_per_s", "in_llama_cpp_share", "engine_floor_prompts_per_s", "mean_prompt_tokens",
-            "computed_tokens_per_prompt",
-            "new_tokens_per_prompt", "weights_mib", "generation_mib", "peak_mib",
+            "computed_tokens_per_prompt", "new_tokens_per_prompt", "weights_mib", "generation_mib",
+            "peak_mib",
         ]  # fmt: skip
         labels = ["model", "weights", "precision", "batch", "prompt_items", "threads"]
         parts.append(_records_table(suite["records"], labels, values))
