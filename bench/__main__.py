@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scale-preset", choices=PRESETS, default="srgnn", help="preset the scale suite applies"
     )
-    parser.add_argument("--scale-repeats", type=int, default=1, help="loads per size and checkout")
+    parser.add_argument(
+        "--scale-repeats", type=int, default=1, help="loads and training runs per size, threads and checkout"
+    )
     parser.add_argument(
         "--scale-train-threads",
         type=int,
@@ -98,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=20_000,
         help="training samples timed per log and thread count",
     )
-    parser.add_argument("--scale-other", help="another llm4sbr checkout to load the same logs with (A/B)")
+    parser.add_argument(
+        "--scale-other", help="another llm4sbr checkout to load and train on the same logs with (A/B)"
+    )
     parser.add_argument(
         "--scale-dir", help="folder for the synthetic logs, reused across runs (default: temporary)"
     )

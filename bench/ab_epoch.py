@@ -15,7 +15,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from .harness import importable_checkout
 
 WORKER = r"""
 import json, sys, tempfile, torch
@@ -41,10 +42,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    other = Path(args.other).resolve()
-    link = other / "llm4sbr" / "kernels"
-    if not link.exists():
-        link.symlink_to(other / "kernels")
+    other = importable_checkout(args.other)
     for threads in args.threads:
         for repeat in range(args.repeats):
             for side in ("other", "this"):

@@ -79,10 +79,10 @@ class BenchOptions:
     best.pt whose ``Recommender.recommend`` (and ``explain``) the serve suite also times on the
     run's test sessions, one at a time. scale_sizes: synthetic log sizes of the scale suite (names
     in ``bench.scale.SCALE_SIZES``), each loaded ``scale_repeats`` times with ``scale_preset``;
-    scale_other: another llm4sbr checkout to load the same logs with (a before/after A/B);
+    scale_other: another llm4sbr checkout to load and train on the same logs with (a before/after A/B);
     scale_dir: where the logs are written and reused (None: a temporary folder).
     scale_train_threads, scale_train_samples: the thread counts at which SRGNN trains one epoch on
-    that many of each log's training samples (none: no training). plots: write PNGs
+    that many of each log's training samples, ``scale_repeats`` times (none: no training). plots: write PNGs
     (needs matplotlib).
     """
 
@@ -235,6 +235,17 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- measuring
+
+
+def importable_checkout(checkout: str | os.PathLike) -> Path:
+    """Another llm4sbr checkout as a PYTHONPATH entry: its top-level ``kernels/`` folder is
+    linked as ``llm4sbr/kernels`` (what installing it would do), so its own kernels are imported
+    and not those of the llm4sbr installed here. Returns the checkout's resolved path."""
+    root = Path(checkout).resolve()
+    link = root / "llm4sbr" / "kernels"
+    if not link.exists():
+        link.symlink_to(root / "kernels")
+    return root
 
 
 def synchronize(device: torch.device) -> None:

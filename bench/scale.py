@@ -18,6 +18,7 @@ both built the same samples.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .harness import BenchOptions, progress
+from .harness import BenchOptions, importable_checkout, progress
 
 SCALE_SIZES = {
     "tiny": (2_000, 500),
@@ -176,10 +177,13 @@ print(json.dumps({
 ``n_samples`` of the log's training samples (evaluation on 500 samples, not timed)."""
 
 
-def measure_training(path: str | os.PathLike, preset: str, threads: int, n_samples: int) -> dict:
+def measure_training(
+    path: str | os.PathLike, preset: str, threads: int, n_samples: int, checkout: str | None = None
+) -> dict:
     """Training samples/s of our SRGNN on the log at ``threads`` torch threads, in a fresh
-    interpreter, and the full epoch's seconds at that rate; or ``{"error": ...}``."""
-    root = Path(__file__).resolve().parents[1]
+    interpreter that imports llm4sbr from ``checkout`` (default: this repository), and the full
+    epoch's seconds at that rate; or ``{"error": ...}``."""
+    root = importable_checkout(checkout) if checkout else Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     command = [
         sys.executable,
@@ -204,8 +208,8 @@ def measure_load(path: str | os.PathLike, preset: str = "srgnn", checkout: str |
     ``checkout`` (default: this repository): seconds, peak and baseline resident set (MiB),
     bytes of peak per log row, samples per split, items and the dataset fingerprint; or
     ``{"error": ...}`` with the child's stderr."""
-    root = Path(checkout) if checkout else Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root.resolve())}
+    root = importable_checkout(checkout) if checkout else Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
         [sys.executable, "-c", WORKER, str(Path(path).resolve()), preset],
         env=env,
@@ -234,8 +238,10 @@ def measure_load(path: str | os.PathLike, preset: str = "srgnn", checkout: str |
 def run_scale(options: BenchOptions, device: torch.device) -> list[dict[str, Any]]:
     """For each size in ``options.scale_sizes``: write (or reuse) its log, then time
     ``load_dataset(log, options.scale_preset)`` ``options.scale_repeats`` times per side (this
-    checkout, and ``options.scale_other`` first when given), each in a fresh process. The
-    device is not used: loading runs on the CPU."""
+    checkout, and ``options.scale_other`` first when given), then train one epoch on a sample
+    of it ``options.scale_repeats`` times at each of ``options.scale_train_threads``, the sides
+    alternating in the same order; each in a fresh process. The device is not used: loading
+    and training run on the CPU."""
     sides = [("other", options.scale_other)] if options.scale_other else []
     sides.append(("this", None))
     records = []
@@ -255,14 +261,19 @@ def run_scale(options: BenchOptions, device: torch.device) -> list[dict[str, Any
                     record.update(measure_load(path, options.scale_preset, checkout))
                     records.append(record)
                     progress(f"scale {size} {side}", record)
-            for threads in options.scale_train_threads:
-                record = {
-                    "op": "train", "log": size, "sessions": n_sessions, "catalog": n_items,
-                    "preset": options.scale_preset, "load_average": [round(x, 2) for x in os.getloadavg()],
-                }  # fmt: skip
-                record.update(
-                    measure_training(path, options.scale_preset, threads, options.scale_train_samples)
-                )
-                records.append(record)
-                progress(f"scale {size} training at {threads} threads", record)
+            runs = itertools.product(options.scale_train_threads, range(options.scale_repeats))
+            for threads, repeat in runs:
+                for side, checkout in sides:
+                    record = {
+                        "op": "train", "log": size, "sessions": n_sessions, "catalog": n_items,
+                        "side": side, "checkout": checkout or "this", "preset": options.scale_preset,
+                        "repeat": repeat, "load_average": [round(x, 2) for x in os.getloadavg()],
+                    }  # fmt: skip
+                    record.update(
+                        measure_training(
+                            path, options.scale_preset, threads, options.scale_train_samples, checkout
+                        )
+                    )
+                    records.append(record)
+                    progress(f"scale {size} {side} training at {threads} threads", record)
     return records

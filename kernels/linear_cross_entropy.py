@@ -1,7 +1,9 @@
 """linear_cross_entropy: the scoring head's linear layer fused with the cross-entropy loss.
 
-x [B, d] session representations, weight [n, d] item embeddings (the tied table without its
-padding row: ``embedding.weight[1:]``), target [B] int64 class indices in [0, n):
+x [B, d] session representations, weight [n, d] item embeddings, target [B] int64 class
+indices in [0, n). With ``first_class`` = k > 0 the first k rows of weight are not classes (a
+tied table's padding row: ``first_class=1`` with the whole ``embedding.weight``): everything
+below applies to weight[k:] and target - k, and those k rows get a zero gradient.
 
     logits = x @ weight^T                          (never materialised as a whole [B, n])
     loss_b = logsumexp_j logits_bj - logits_b,target_b
@@ -18,9 +20,13 @@ Torch path (CPU by default, and everywhere under ``use_backend("torch")``): the 
 in PyTorch, ``chunk_size`` rows of weight at a time; the forward merges the chunks' lse with
 ``logaddexp`` and takes the target logit as (x * weight[target]).sum(-1). Memory beyond the
 inputs and gradients is O(B * chunk_size). The default chunk keeps a [B, chunk] float tensor
-under 64 MiB. When the whole catalog is one chunk, the forward keeps softmax - onehot for
-backward instead of recomputing the logits, so small catalogs cost the 3 GEMMs of the unfused
-graph rather than 4.
+under 64 MiB. When the whole catalog is one chunk, the forward keeps the exponentiated logits
+for backward instead of recomputing them, so small catalogs cost the 3 GEMMs of the unfused
+graph rather than 4; it computes them in tiles of about one L2 cache (1 MiB), stored transposed
+([n, B], so each tile's GEMM writes contiguous rows), each exponentiated and summed while in
+cache with its own row max, the tiles' (max, sum) merged into lse; backward scales each tile
+by exp(max - lse) * s into one reused buffer and runs the dW and dx GEMMs tile by tile, and
+subtracts the one-hot part as B rows (dx -= s * weight[target], dW[target] -= s * x).
 
 Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
 
@@ -84,6 +90,10 @@ REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The torch path's default chunk keeps one [B, chunk] logits tensor under this many bytes.
 CHUNK_BYTES = 64 * 2**20
+# A single chunk is computed in tiles of this many bytes of logits: about one core's L2 cache,
+# so each tile is exponentiated and summed while in cache instead of in passes over [B, n] in
+# memory, and the GEMMs run on blocks small enough to stay cache-resident.
+TILE_BYTES = 2**20
 MAX_BLOCK_ROWS = 64
 MAX_BLOCK_ITEMS = 64
 # Columns of d per tl.dot: 32 when the operands are upcast to float32/float64 (FMA dots; 64
@@ -485,7 +495,8 @@ def default_chunk_size(B: int, n_items: int, dtype: torch.dtype) -> int:
 
 class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
     """PyTorch forward and backward over item chunks; saves x, weight, target and lse only
-    (and, for a single chunk, softmax - onehot instead of lse)."""
+    (and, for a single chunk, the tiles' exponentials instead of lse). Rows of weight before
+    ``first_class`` are not classes; their gradient is zero."""
 
     @staticmethod
     def forward(
@@ -495,33 +506,33 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
         target: torch.Tensor,
         chunk_size: int | None,
         reduction: str,
+        first_class: int = 0,
     ) -> torch.Tensor:
-        B, N = x.shape[0], weight.shape[0]
+        classes = weight[first_class:]
+        target = target - first_class
+        B, N = x.shape[0], classes.shape[0]
         chunk = chunk_size or default_chunk_size(B, N, x.dtype)
         acc_dtype = accumulator_dtype(x.dtype)
         xa = x.to(acc_dtype)
         ctx.chunk = chunk
         ctx.reduction = reduction
-        ctx.softmax = None
+        ctx.first_class = first_class
+        ctx.tiles = None
         # clamp keeps the gathers in range on any device; such rows become NaN below.
         clamped = target.clamp(0, N - 1)
+        target_logit = (xa * classes[clamped].to(acc_dtype)).sum(dim=1)
         if N <= chunk:
-            # One chunk: its logits fit the memory bound anyway, so keep softmax - onehot for
-            # backward instead of recomputing the logits there (3 GEMMs in all, as unfused).
-            log_probs = torch.log_softmax(xa @ weight.to(acc_dtype).T, dim=1)
-            loss_rows = -log_probs.gather(1, clamped[:, None])[:, 0]
+            # One chunk: its logits fit the memory bound anyway, so keep them (exponentiated)
+            # for backward instead of recomputing them there: 3 GEMMs in all, as unfused.
+            exps, factors, lse = _tiled_softmax(xa, classes.to(acc_dtype))
             if any(ctx.needs_input_grad[:2]):
-                softmax = log_probs.exp_()
-                _subtract_onehot(softmax, target, 0)
-                ctx.softmax = softmax
-            lse = torch.empty(0, dtype=acc_dtype, device=x.device)  # backward uses the softmax
+                ctx.tiles = (exps, factors)
         else:
             lse = torch.full((B,), float("-inf"), dtype=acc_dtype, device=x.device)
             for start in range(0, N, chunk):
-                logits = xa @ weight[start : start + chunk].to(acc_dtype).T
+                logits = xa @ classes[start : start + chunk].to(acc_dtype).T
                 lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
-            loss_rows = lse - (xa * weight[clamped].to(acc_dtype)).sum(dim=1)
-        loss_rows = _nan_out_of_range(loss_rows, target, N)
+        loss_rows = _nan_out_of_range(lse - target_logit, target, N)
         ctx.save_for_backward(x, weight, target, lse)
         return _reduce(loss_rows, reduction).to(x.dtype)
 
@@ -529,29 +540,95 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor) -> tuple:
         x, weight, target, lse = ctx.saved_tensors
-        B, N = x.shape[0], weight.shape[0]
+        classes = weight[ctx.first_class :]
+        B, N = x.shape[0], classes.shape[0]
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc_dtype = lse.dtype
         xa = x.to(acc_dtype)
-        scale = _row_scale(grad_output, B, ctx.reduction, acc_dtype)[:, None]
-        if ctx.softmax is not None:
-            grad = ctx.softmax * scale  # not in place: a second backward (retain_graph) reuses it
-            w = weight.to(acc_dtype)
-            grad_x = (grad @ w).to(x.dtype) if need_x else None
-            grad_w = (grad.T @ xa).to(weight.dtype) if need_w else None
-            return grad_x, grad_w, None, None, None
+        scale = _row_scale(grad_output, B, ctx.reduction, acc_dtype)
         grad_x = torch.zeros_like(xa) if need_x else None
-        grad_w = torch.empty_like(weight) if need_w else None
+        grad_w = None
+        if need_w:
+            grad_w = torch.empty_like(weight)
+            grad_w[: ctx.first_class].zero_()
+        grad_classes = grad_w[ctx.first_class :] if need_w else None
+        if ctx.tiles is not None:
+            _tiled_backward(*ctx.tiles, xa, classes.to(acc_dtype), scale, grad_x, grad_classes)
+            # The one-hot part of softmax - onehot, without touching the saved tiles.
+            clamped = target.clamp(0, N - 1)
+            row = scale[:, None] * xa
+            if need_x:
+                grad_x -= scale[:, None] * classes[clamped].to(acc_dtype)
+            if need_w:
+                grad_classes.index_add_(0, clamped, -row.to(weight.dtype))
+            return (grad_x.to(x.dtype) if need_x else None), grad_w, None, None, None, None
         for start in range(0, N, ctx.chunk):
-            w = weight[start : start + ctx.chunk].to(acc_dtype)
+            w = classes[start : start + ctx.chunk].to(acc_dtype)
             grad = torch.exp(xa @ w.T - lse[:, None])
             _subtract_onehot(grad, target, start)
-            grad *= scale
+            grad *= scale[:, None]
             if need_x:
                 grad_x += grad @ w
             if need_w:
-                grad_w[start : start + w.shape[0]] = (grad.T @ xa).to(weight.dtype)
-        return (grad_x.to(x.dtype) if need_x else None), grad_w, None, None, None
+                grad_classes[start : start + w.shape[0]] = (grad.T @ xa).to(weight.dtype)
+        return (grad_x.to(x.dtype) if need_x else None), grad_w, None, None, None, None
+
+
+def _tiled_softmax(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The softmax of x @ weight^T, one cache-sized tile of items at a time.
+
+    x [B, d], weight [N, d] (one dtype) -> (exps [N, B], factors [tiles, B], lse [B]), where
+    exps holds exp(logits - the tile's row max), transposed, so that the softmax of tile t is
+    ``exps[tile t] * factors[t]``. Each tile's logits are exponentiated and summed while they
+    are in cache, and the GEMMs write [tile, B] blocks with contiguous rows."""
+    B, N = x.shape[0], weight.shape[0]
+    tile = _tile_items(B, x.element_size())
+    exps = torch.empty(N, B, dtype=x.dtype, device=x.device)
+    maxes, sums = [], []
+    for start in range(0, N, tile):
+        block = exps[start : start + tile]
+        torch.mm(weight[start : start + tile], x.T, out=block)
+        peak = block.amax(dim=0)
+        block.sub_(peak).exp_()
+        maxes.append(peak)
+        sums.append(block.sum(dim=0))
+    maxes, sums = torch.stack(maxes), torch.stack(sums)
+    top = maxes.amax(dim=0)
+    lse = top + (sums * torch.exp(maxes - top)).sum(dim=0).log()
+    return exps, torch.exp(maxes - lse), lse
+
+
+def _tiled_backward(
+    exps: torch.Tensor,
+    factors: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    grad_x: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+) -> None:
+    """The softmax part of the gradients from :func:`_tiled_softmax`'s tiles. With P the softmax
+    [B, N] and G = P * scale[:, None]: grad_x [B, d] += G @ weight; grad_w [N, d] = G^T @ x
+    (overwritten). The tiles are left as they are: a second backward (retain_graph) reuses them."""
+    B, N = x.shape[0], weight.shape[0]
+    tile = _tile_items(B, x.element_size())
+    buffer = torch.empty(min(tile, N), B, dtype=x.dtype, device=x.device)
+    factors = factors * scale
+    for index, start in enumerate(range(0, N, tile)):
+        rows = min(tile, N - start)
+        grad = torch.mul(exps[start : start + rows], factors[index], out=buffer[:rows])  # [rows, B]
+        if grad_w is not None:
+            if grad_w.dtype == grad.dtype:
+                torch.mm(grad, x, out=grad_w[start : start + rows])
+            else:
+                grad_w[start : start + rows] = grad @ x
+        if grad_x is not None:
+            grad_x.addmm_(grad.T, weight[start : start + rows])
+
+
+def _tile_items(B: int, element_size: int) -> int:
+    """Items per tile of the single-chunk path: a [tile, B] block of TILE_BYTES."""
+    return max(1, TILE_BYTES // (B * element_size))
 
 
 def _subtract_onehot(grad: torch.Tensor, target: torch.Tensor, start: int) -> None:
@@ -570,7 +647,7 @@ def linear_cross_entropy_ref(
     return F.cross_entropy(x @ weight.T, target, reduction=reduction)
 
 
-def _check_inputs(x, weight, target, chunk_size, reduction):
+def _check_inputs(x, weight, target, chunk_size, reduction, first_class):
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if chunk_size is not None and (
@@ -584,15 +661,20 @@ def _check_inputs(x, weight, target, chunk_size, reduction):
     if B == 0 or d == 0:
         raise ValueError(f"x must have at least one row and one column, got shape {list(x.shape)}")
     check_tensor("weight", weight, ("n_items", d), like=x)
-    if weight.shape[0] == 0:
-        raise ValueError("weight must have at least one row (item)")
+    if isinstance(first_class, bool) or not isinstance(first_class, int) or first_class < 0:
+        raise ValueError(f"first_class must be a non-negative int, got {first_class!r}")
+    n_rows = weight.shape[0]
+    if n_rows <= first_class:
+        raise ValueError(
+            f"weight must have at least one class row after its first {first_class}, got {n_rows} rows"
+        )
     check_tensor("target", target, (B,), dtype=torch.int64, device=x.device)
     # Range check only where it needs no host sync; CUDA rows out of range get a NaN loss.
     if target.device.type == "cpu":
-        n_items = weight.shape[0]
-        if bool(((target < 0) | (target >= n_items)).any()):
-            bad = target[(target < 0) | (target >= n_items)][0].item()
-            raise ValueError(f"target must lie in [0, {n_items}) (n_items = weight.shape[0]), got {bad}")
+        outside = (target < first_class) | (target >= n_rows)
+        if bool(outside.any()):
+            bad = target[outside][0].item()
+            raise ValueError(f"target must lie in [{first_class}, {n_rows}) (weight's class rows), got {bad}")
 
 
 def linear_cross_entropy(
@@ -602,14 +684,19 @@ def linear_cross_entropy(
     *,
     chunk_size: int | None = None,
     reduction: str = "mean",
+    first_class: int = 0,
 ) -> torch.Tensor:
     """Cross-entropy of the logits x @ weight^T against target, without materialising them.
 
-    x [B, d]; weight [n, d]; target [B] int64 in [0, n) -> scalar ("mean", "sum") or [B]
-    ("none"). ``chunk_size``: items per chunk (torch path: rows of weight per matmul; Triton
+    x [B, d]; weight [n, d]; target [B] int64 in [first_class, n) -> scalar ("mean", "sum") or
+    [B] ("none"). ``chunk_size``: items per chunk (torch path: rows of weight per matmul; Triton
     path: items per program of the forward and of dx, rounded up to whole item tiles); None
-    picks a default."""
-    _check_inputs(x, weight, target, chunk_size, reduction)
+    picks a default. ``first_class``: rows of weight before it are not classes (a tied table's
+    padding row): they get no logit and a zero gradient, and targets index weight's rows. Passing
+    the whole table this way, instead of ``weight[first_class:]``, spares the torch path the
+    slice's backward (a zero-filled table-sized gradient and a copy into it)."""
+    _check_inputs(x, weight, target, chunk_size, reduction, first_class)
     if use_triton(x.device, "linear_cross_entropy"):
-        return LinearCrossEntropyFunction.apply(x, weight, target, chunk_size, reduction)
-    return ChunkedLinearCrossEntropyFunction.apply(x, weight, target, chunk_size, reduction)
+        classes, target = weight[first_class:], target - first_class
+        return LinearCrossEntropyFunction.apply(x, classes, target, chunk_size, reduction)
+    return ChunkedLinearCrossEntropyFunction.apply(x, weight, target, chunk_size, reduction, first_class)

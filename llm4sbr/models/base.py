@@ -61,8 +61,8 @@ class SessionModel(nn.Module):
         by the fused scoring head: the [B, n_items] logits and their gradient are never held
         whole, so memory does not grow with batch x catalog. Under autocast the item table
         takes the session's dtype, as the unfused matmul would."""
-        items = self.encoder.embedding.weight[1:]
-        return linear_cross_entropy(session, items.to(session.dtype), batch["target"] - 1)
+        table = self.encoder.embedding.weight.to(session.dtype)  # row 0, padding, is no class
+        return linear_cross_entropy(session, table, batch["target"], first_class=1)
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of a batch (a scalar)."""

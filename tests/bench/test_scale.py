@@ -4,11 +4,14 @@ fresh-process measurement of load + preset runs, and the suite's records, tables
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from bench.harness import BenchOptions, run_benchmarks
+from bench.harness import BenchOptions, importable_checkout, run_benchmarks
 from bench.report import render_tables
 from bench.scale import make_log, measure_load
 from llm4sbr.data import load_dataset, read_csv_interactions
@@ -57,6 +60,7 @@ def test_scale_suite_writes_records_tables_and_targets(tmp_path) -> None:
     assert [r["log"] for r in records] == ["tiny", "tiny"] and records[0]["side"] == "this"
     trained = records[1]
     assert trained["op"] == "train" and trained["threads"] == 1 and trained["measured_samples"] == 64
+    assert trained["side"] == "this" and trained["checkout"] == "this"
     assert trained["epoch_estimate_s"] == pytest.approx(trained["train_samples"] / trained["samples_per_s"])
     assert records[0]["load_s"] > 0 and len(records[0]["load_average"]) == 3
     environment = results["suites"]["scale"]["environment"]
@@ -67,6 +71,27 @@ def test_scale_suite_writes_records_tables_and_targets(tmp_path) -> None:
     assert statuses["scale M: SRGNN training epoch <= 10 min at 2 threads (fp32)"] == "not measured"
     assert "### Loading at scale" in render_tables(saved)
     assert (tmp_path / "out" / "scale.csv").is_file()
+
+
+def test_another_checkout_imports_its_own_kernels(tmp_path) -> None:
+    # An A/B side runs from PYTHONPATH: its top-level kernels/ must be what llm4sbr.kernels is.
+    checkout = tmp_path / "other"
+    (checkout / "llm4sbr").mkdir(parents=True)
+    (checkout / "llm4sbr" / "__init__.py").write_text("")
+    (checkout / "kernels").mkdir()
+    (checkout / "kernels" / "__init__.py").write_text("WHICH = 'other'\n")
+    root = importable_checkout(checkout)
+    assert root == checkout.resolve()
+    assert (root / "llm4sbr" / "kernels").resolve() == (checkout / "kernels").resolve()
+    assert importable_checkout(checkout) == root  # a second call keeps the link
+    done = subprocess.run(
+        [sys.executable, "-c", "import llm4sbr.kernels as k; print(k.WHICH)"],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert done.stdout.strip() == "other", done.stderr
 
 
 def test_memory_bounds_reports_each_case(capsys):

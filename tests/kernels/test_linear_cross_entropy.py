@@ -287,6 +287,90 @@ def test_property_reductions_agree(case, path):
     torch.testing.assert_close(fn(x, weight, target, chunk_size=chunk_size, reduction="mean"), rows.mean())
 
 
+@given(
+    st.integers(1, 12),
+    st.integers(1, 90),
+    st.integers(1, 9),
+    st.integers(1, 40),
+    st.sampled_from(REDUCTIONS),
+    st.integers(0, 2**31 - 1),
+)
+def test_property_single_chunk_tiles_match_reference(B, n, d, tile_items, reduction, seed):
+    # One chunk in tiles of tile_items items (the last one partial when it does not divide n):
+    # each tile has its own row max, merged into lse; backward scales the saved tiles.
+    x, weight, target = _inputs(B, n, d, seed, dtype=torch.float64)
+    grad_out = _grad_out(B, reduction, seed)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lce, "TILE_BYTES", tile_items * B * 8)
+        got = _loss_and_grads(_loss_fn("torch"), x, weight, target, grad_out, reduction=reduction)
+    ref = _loss_and_grads(_ref, x, weight, target, grad_out, reduction=reduction)
+    for name, a, b in zip(("loss", "grad_x", "grad_w"), got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck_single_chunk_in_several_tiles(reduction, monkeypatch):
+    monkeypatch.setattr(lce, "TILE_BYTES", 3 * 2 * 8)  # 3 items per tile for B = 2: tiles 3, 3, 1
+    x, weight, target = _inputs(2, 7, 4, seed=21, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda a, w: _loss_fn("torch")(a, w, target, reduction=reduction),
+        (x.requires_grad_(), weight.requires_grad_()),
+    )
+
+
+def test_a_second_backward_sees_the_same_tiles(monkeypatch):
+    # The single-chunk backward must not modify what the forward saved (retain_graph).
+    monkeypatch.setattr(lce, "TILE_BYTES", 4 * 6 * 4)
+    x, weight, target = _inputs(6, 30, 5, seed=22)
+    x.requires_grad_()
+    loss = _loss_fn("torch")(x, weight, target)
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, x)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("first_class", [1, 3])
+@pytest.mark.parametrize("chunk_size", [4, None])
+@pytest.mark.parametrize("path", PATHS)
+def test_rows_before_first_class_are_not_classes(path, chunk_size, first_class):
+    # The whole table with first_class = k is weight[k:] with targets shifted by k, and the first
+    # k rows get a zero gradient.
+    x, weight, target = _inputs(5, 23, 6, seed=23 + first_class)
+    target = target.clamp(min=first_class)
+    grad_out = _grad_out(5, "none", 23)
+
+    def loss_fn(a, w, t, **kw):
+        return _first_class_loss(path, a, w, t, first_class, **kw)
+
+    loss, grad_x, grad_w = _loss_and_grads(
+        loss_fn, x, weight, target, grad_out, chunk_size=chunk_size, reduction="none"
+    )
+    ref = _loss_and_grads(_ref, x, weight[first_class:], target - first_class, grad_out, reduction="none")
+    torch.testing.assert_close(loss, ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_x, ref[1], rtol=1e-5, atol=1e-6)
+    assert grad_w.shape == weight.shape
+    assert torch.equal(grad_w[:first_class], torch.zeros_like(grad_w[:first_class]))
+    torch.testing.assert_close(grad_w[first_class:], ref[2], rtol=1e-5, atol=1e-6)
+
+
+def _first_class_loss(path, x, weight, target, first_class, chunk_size=None, reduction="mean"):
+    with use_backend(path):
+        return linear_cross_entropy(
+            x, weight, target, chunk_size=chunk_size, reduction=reduction, first_class=first_class
+        )
+
+
+@pytest.mark.parametrize(
+    "first_class, target_value, message",
+    [(1, 0, r"target must lie in \[1, 9\)"), (9, 0, "at least one class row"), (-1, 0, "non-negative")],
+)
+def test_first_class_is_checked(first_class, target_value, message):
+    x, weight, target = _inputs(3, 9, 4, seed=24)
+    target[1] = target_value
+    with pytest.raises(ValueError, match=message):
+        linear_cross_entropy(x, weight, target, first_class=first_class)
+
+
 class _LargestTensor(TorchDispatchMode):
     """Records the largest newly allocated tensor (in elements) of any op run while active; views
     and in-place results share an argument's storage and do not count."""
