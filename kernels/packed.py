@@ -36,7 +36,8 @@ the hh products' bias (they only ever appear in i_r + h_r and i_z + h_z), its n 
 to i_n after the sparse product. The backward of the sparse product is one product with the
 transpose, built alongside S (torch's own backward of a CSR product re-sorts the matrix on every
 call). The gates then follow gnn_step_ref: r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + r * h_n),
-h' = n + z (h - n).
+h' = n + z (h - n), in one autograd.Function whose backward writes the gates' gradient into one
+[T, 6d] tensor from the saved sigmoid and tanh outputs.
 
 attn_pool on nodes. The score e_j = w3^T sigmoid(q_last + W2 h_j + b2) of a click depends only
 on its node, so node v enters the pooled sum ``clicks[v]`` times (the clicks of its session it
@@ -53,6 +54,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._launch import check_tensor
 from .gnn_step import check_step_weights
@@ -204,12 +206,43 @@ def gnn_step_packed(
     )
     products = torch.addmm(bias, rows, weight).view(3 * rows.shape[0], 3 * d)
     gates = _SparseProduct.apply(*step_matrix, products).view(h.shape[0], 6 * d)  # [gi - c, gh + c_rz]
-    # One split (its backward is one concatenation), not four slices (a zero-filled [T, 6d]
-    # gradient each).
-    i_rz, i_n, h_rz, h_n = gates.split([2 * d, d, 2 * d, d], dim=1)
-    r, z = torch.sigmoid(i_rz + h_rz).chunk(2, dim=1)
-    n = torch.tanh(i_n + torch.addcmul(constant[2 * d :], r, h_n))
-    return torch.lerp(n, h, z)  # n + z (h - n)
+    return _GRUGates.apply(gates, h, constant[2 * d :])
+
+
+class _GRUGates(torch.autograd.Function):
+    """The GRU update from the step's gate pre-activations, with a hand-written backward.
+
+    gates [T, 6d] = [i_rz | i_n | h_rz | h_n] (see the module docstring), h [T, d], c_n [d]:
+    r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + c_n + r * h_n), h' = n + z (h - n) -> [T, d].
+    The backward writes the four parts of the gates' gradient straight into one [T, 6d] tensor
+    (autograd's graph of the same ops builds them separately and concatenates them) and uses
+    the saved sigmoid and tanh outputs."""
+
+    @staticmethod
+    def forward(ctx, gates: torch.Tensor, h: torch.Tensor, c_n: torch.Tensor) -> torch.Tensor:
+        d = h.shape[1]
+        i_rz, i_n, h_rz, h_n = gates.split([2 * d, d, 2 * d, d], dim=1)
+        rz = torch.sigmoid(i_rz + h_rz)
+        n = torch.tanh(i_n + torch.addcmul(c_n, rz[:, :d], h_n))
+        ctx.save_for_backward(gates, h, rz, n)
+        return torch.lerp(n, h, rz[:, d:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        gates, h, rz, n = ctx.saved_tensors
+        d = h.shape[1]
+        r, z = rz[:, :d], rz[:, d:]
+        grad_gates = torch.empty_like(gates)
+        g_rz, g_in, g_hrz, g_hn = grad_gates.split([2 * d, d, 2 * d, d], dim=1)
+        torch.mul(grad, h - n, out=g_rz[:, d:])  # dL/dz
+        # dL/dn = grad (1 - z), then through tanh: dL/d(i_n) = dL/dn (1 - n^2).
+        torch.ops.aten.tanh_backward.grad_input(torch.addcmul(grad, grad, z, value=-1), n, grad_input=g_in)
+        torch.mul(g_in, r, out=g_hn)
+        torch.mul(g_in, gates[:, 5 * d :], out=g_rz[:, :d])  # dL/dr = dL/d(i_n) h_n
+        torch.ops.aten.sigmoid_backward.grad_input(g_rz, rz, grad_input=g_rz)
+        g_hrz.copy_(g_rz)
+        return grad_gates, grad * z, g_in.sum(dim=0)
 
 
 def _check_pool_inputs(h, session, clicks, q_last, w2, b2, w3, normalize):

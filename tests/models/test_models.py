@@ -96,6 +96,26 @@ def test_llm4sbr_tau_zero_is_plain_cross_entropy():
     assert not torch.allclose(with_au, ce)
 
 
+@pytest.mark.parametrize("model_index", [0, 1])
+def test_training_loss_gradients_equal_the_unfused_scoring(model_index):
+    # The fused head takes the whole tied table (first_class=1): every gradient, the padding
+    # row's included, must be that of softmax cross-entropy over the scored items.
+    model = models()[model_index]
+    model.tau = 0.0  # LLM4SBR: the recommendation loss alone
+    batch = make_batch([3, 1, 5, 2])
+    batch["intent"] = batch["intent"].double()
+    grads = []
+    for loss_of in (
+        model.calculate_loss,
+        lambda b: torch.nn.functional.cross_entropy(model.full_sort_predict(b)[:, 1:], b["target"] - 1),
+    ):
+        model.zero_grad(set_to_none=True)
+        loss_of(batch).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_concat_order_code_is_a_column_permutation_of_paper():
     torch.manual_seed(1)
     paper = LLM4SBR(N_ITEMS, D_TEXT, dim=8, concat_order="paper").double()
