@@ -524,9 +524,10 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
         if N <= chunk:
             # One chunk: its logits fit the memory bound anyway, so keep them (exponentiated)
             # for backward instead of recomputing them there: 3 GEMMs in all, as unfused.
-            exps, factors, lse = _tiled_softmax(xa, classes.to(acc_dtype))
+            tile = max(1, TILE_BYTES // (B * xa.element_size()))  # items per tile
+            exps, factors, lse = _tiled_softmax(xa, classes.to(acc_dtype), tile)
             if any(ctx.needs_input_grad[:2]):
-                ctx.tiles = (exps, factors)
+                ctx.tiles = (exps, factors, tile)
         else:
             lse = torch.full((B,), float("-inf"), dtype=acc_dtype, device=x.device)
             for start in range(0, N, chunk):
@@ -556,11 +557,10 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
             _tiled_backward(*ctx.tiles, xa, classes.to(acc_dtype), scale, grad_x, grad_classes)
             # The one-hot part of softmax - onehot, without touching the saved tiles.
             clamped = target.clamp(0, N - 1)
-            row = scale[:, None] * xa
             if need_x:
                 grad_x -= scale[:, None] * classes[clamped].to(acc_dtype)
             if need_w:
-                grad_classes.index_add_(0, clamped, -row.to(weight.dtype))
+                grad_classes.index_add_(0, clamped, (-scale[:, None] * xa).to(weight.dtype))
             return (grad_x.to(x.dtype) if need_x else None), grad_w, None, None, None, None
         for start in range(0, N, ctx.chunk):
             w = classes[start : start + ctx.chunk].to(acc_dtype)
@@ -574,15 +574,16 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
         return (grad_x.to(x.dtype) if need_x else None), grad_w, None, None, None, None
 
 
-def _tiled_softmax(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The softmax of x @ weight^T, one cache-sized tile of items at a time.
+def _tiled_softmax(
+    x: torch.Tensor, weight: torch.Tensor, tile: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The softmax of x @ weight^T, ``tile`` items at a time.
 
     x [B, d], weight [N, d] (one dtype) -> (exps [N, B], factors [tiles, B], lse [B]), where
     exps holds exp(logits - the tile's row max), transposed, so that the softmax of tile t is
     ``exps[tile t] * factors[t]``. Each tile's logits are exponentiated and summed while they
     are in cache, and the GEMMs write [tile, B] blocks with contiguous rows."""
     B, N = x.shape[0], weight.shape[0]
-    tile = _tile_items(B, x.element_size())
     exps = torch.empty(N, B, dtype=x.dtype, device=x.device)
     maxes, sums = [], []
     for start in range(0, N, tile):
@@ -601,6 +602,7 @@ def _tiled_softmax(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor,
 def _tiled_backward(
     exps: torch.Tensor,
     factors: torch.Tensor,
+    tile: int,
     x: torch.Tensor,
     weight: torch.Tensor,
     scale: torch.Tensor,
@@ -611,7 +613,6 @@ def _tiled_backward(
     [B, N] and G = P * scale[:, None]: grad_x [B, d] += G @ weight; grad_w [N, d] = G^T @ x
     (overwritten). The tiles are left as they are: a second backward (retain_graph) reuses them."""
     B, N = x.shape[0], weight.shape[0]
-    tile = _tile_items(B, x.element_size())
     buffer = torch.empty(min(tile, N), B, dtype=x.dtype, device=x.device)
     factors = factors * scale
     for index, start in enumerate(range(0, N, tile)):
@@ -624,11 +625,6 @@ def _tiled_backward(
                 grad_w[start : start + rows] = grad @ x
         if grad_x is not None:
             grad_x.addmm_(grad.T, weight[start : start + rows])
-
-
-def _tile_items(B: int, element_size: int) -> int:
-    """Items per tile of the single-chunk path: a [tile, B] block of TILE_BYTES."""
-    return max(1, TILE_BYTES // (B * element_size))
 
 
 def _subtract_onehot(grad: torch.Tensor, target: torch.Tensor, start: int) -> None:
