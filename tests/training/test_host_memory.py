@@ -40,5 +40,9 @@ def faults_per_step(mode: str) -> float:
 )
 def test_freed_memory_is_reused_without_page_faults() -> None:
     pages = 12 * 2**23 // 4096  # what the step touches
-    assert faults_per_step("default") > 0.5 * pages  # glibc gives the blocks back each time
-    assert faults_per_step("retain") < 0.05 * pages  # about 400 here, against about 24,500
+    default, retained = faults_per_step("default"), faults_per_step("retain")
+    # By default glibc gives much of the memory back after each step; how much depends on its
+    # adaptive mmap and trim thresholds (about 24,500 and 9,800 faults per step seen here).
+    assert default > 0.2 * pages
+    assert retained < 0.05 * pages  # about 400 here
+    assert default > 4 * retained
