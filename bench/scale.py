@@ -177,14 +177,20 @@ print(json.dumps({
 ``n_samples`` of the log's training samples (evaluation on 500 samples, not timed)."""
 
 
+def _child_env(checkout: str | None) -> dict[str, str]:
+    """The environment of a measuring child: llm4sbr imported from ``checkout`` (default: this
+    repository)."""
+    root = importable_checkout(checkout) if checkout else Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
 def measure_training(
     path: str | os.PathLike, preset: str, threads: int, n_samples: int, checkout: str | None = None
 ) -> dict:
     """Training samples/s of our SRGNN on the log at ``threads`` torch threads, in a fresh
     interpreter that imports llm4sbr from ``checkout`` (default: this repository), and the full
     epoch's seconds at that rate; or ``{"error": ...}``."""
-    root = importable_checkout(checkout) if checkout else Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = _child_env(checkout)
     command = [
         sys.executable,
         "-c",
@@ -208,8 +214,7 @@ def measure_load(path: str | os.PathLike, preset: str = "srgnn", checkout: str |
     ``checkout`` (default: this repository): seconds, peak and baseline resident set (MiB),
     bytes of peak per log row, samples per split, items and the dataset fingerprint; or
     ``{"error": ...}`` with the child's stderr."""
-    root = importable_checkout(checkout) if checkout else Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = _child_env(checkout)
     done = subprocess.run(
         [sys.executable, "-c", WORKER, str(Path(path).resolve()), preset],
         env=env,
