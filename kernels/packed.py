@@ -35,7 +35,8 @@ where constant = b_iah W_ih,in^T + b_oah W_ih,out^T + b_ih [3d]: its r and z par
 the hh products' bias (they only ever appear in i_r + h_r and i_z + h_z), its n part is added
 to i_n after the sparse product. The backward of the sparse product is one product with the
 transpose, built alongside S (torch's own backward of a CSR product re-sorts the matrix on every
-call). The gates then follow gnn_step_ref: r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + r * h_n),
+call); both products run as ``embedding_bag`` sums (see :func:`csr_times_dense`). The gates
+then follow gnn_step_ref: r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + r * h_n),
 h' = n + z (h - n), in one autograd.Function whose backward writes the gates' gradient into one
 [T, 6d] tensor from the saved sigmoid and tanh outputs.
 
@@ -122,18 +123,39 @@ def sparse_csr(
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
+def csr_times_dense(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` for a sparse CSR matrix [M, K] and a dense x [K, n] -> [M, n], without
+    gradient, as a weighted sum of x's rows per matrix row.
+
+    ``embedding_bag`` in "sum" mode with per-sample weights is exactly this product, with the
+    matrix's crow as offsets: on a step matrix of a MovieLens-100k batch (11k non-zeros, n = 300)
+    it runs in about a seventh of the time of torch's CSR product on CPU, which also zero-fills
+    and copies its output, and it uses every thread."""
+    return torch.nn.functional.embedding_bag(
+        matrix.col_indices(),
+        x,
+        matrix.crow_indices(),
+        mode="sum",
+        per_sample_weights=matrix.values(),
+        include_last_offset=True,
+    )
+
+
 class _SparseProduct(torch.autograd.Function):
-    """``matrix @ x`` for a constant sparse matrix given with its transpose, so the backward is one
-    sparse product. matrix [M, K], transposed [K, M], x [K, n] -> [M, n]; no gradient to the matrix."""
+    """``matrix @ x`` for a constant sparse CSR matrix given with its transpose, so the backward is
+    one product with the transpose. matrix [M, K], transposed [K, M], x [K, n] -> [M, n]; no
+    gradient to the matrix."""
 
     @staticmethod
     def forward(ctx, matrix: torch.Tensor, transposed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.transposed = transposed
-        return matrix @ x
+        # detached: embedding_bag of a weight that requires grad also builds its backward's indices.
+        return csr_times_dense(matrix, x.detach())
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
-        return None, None, ctx.transposed @ grad
+        return None, None, csr_times_dense(ctx.transposed, grad)
 
 
 def _check_gnn_inputs(
@@ -278,10 +300,10 @@ def attn_pool_packed(
     """
     _check_pool_inputs(h, session, clicks, q_last, w2, b2, w3, normalize)
     batch = q_last.shape[0]
-    projected = torch.addmm(b2, h, w2.T)
-    # index_select, not q_last[session]: its backward is index_add, where advanced indexing's
-    # (index_put with accumulate) runs slower with more threads.
-    e = torch.sigmoid(projected + q_last.index_select(0, session)) @ w3  # [T]
+    # index_select, not (q_last + b2)[session]: its backward is index_add, where advanced
+    # indexing's (index_put with accumulate) runs slower with more threads. The gathered rows are
+    # the GEMM's bias, so no separate [T, d] add runs forward or backward.
+    e = torch.sigmoid(torch.addmm((q_last + b2).index_select(0, session), h, w2.T)) @ w3  # [T]
     clicks = clicks.to(h.dtype)
     if normalize == "softmax":
         # Softmax over a session's clicks: node v holds clicks[v] of them, all with score e[v].

@@ -30,6 +30,7 @@ from llm4sbr.kernels import (
     gnn_step_ref,
     packed_step_matrix,
 )
+from llm4sbr.kernels.packed import csr_times_dense
 
 PARAM_NAMES = (
     "edge_in_w",
@@ -204,6 +205,29 @@ def test_step_matrix_layout() -> None:
         expected[2 * v + 1, 3 * v + 2] = 1.0
     assert torch.equal(S.to_dense(), expected)
     assert torch.equal(S_t.to_dense(), expected.T)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@given(
+    rows=st.integers(0, 6),
+    cols=st.integers(0, 6),
+    width=st.integers(1, 5),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_csr_times_dense_equals_the_dense_product(
+    rows: int, cols: int, width: int, density: float, seed: int
+) -> None:
+    """The sparse product the packed step runs (embedding_bag sums) equals the dense matmul in
+    float64, empty rows (zeros) and empty matrices included."""
+    gen = torch.Generator().manual_seed(seed)
+    dense = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
+    dense *= torch.rand(rows, cols, generator=gen, dtype=torch.float64) < density
+    x = torch.randn(cols, width, generator=gen, dtype=torch.float64)
+    dense, x = to_device(dense), to_device(x)
+    out = csr_times_dense(dense.to_sparse_csr(), x)
+    assert out.shape == (rows, width)
+    torch.testing.assert_close(out, dense @ x, rtol=1e-12, atol=1e-12)
 
 
 def node_inputs(sessions: list[list[int]], d: int, seed: int) -> tuple[PackedSessionGraph, torch.Tensor]:
