@@ -36,7 +36,8 @@ the hh products' bias (they only ever appear in i_r + h_r and i_z + h_z), its n 
 to i_n after the sparse product. The backward of the sparse product is one product with the
 transpose, built alongside S (torch's own backward of a CSR product re-sorts the matrix on every
 call); both products run as ``embedding_bag`` sums (see :func:`csr_times_dense`). The gates
-then follow gnn_step_ref: r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + r * h_n),
+then follow gnn_step_ref: r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + r * h_n) (computed as
+2 sigmoid(2x) - 1, which torch runs faster on CPU),
 h' = n + z (h - n), in one autograd.Function whose backward writes the gates' gradient into one
 [T, 6d] tensor from the saved sigmoid and tanh outputs.
 
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -107,7 +109,13 @@ def _csr(
     rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
 ) -> torch.Tensor:
     """Sparse CSR matrix of ``shape`` from (row, column, value) triplets with distinct positions."""
-    order = torch.argsort(rows * shape[1] + cols)
+    key = rows * shape[1] + cols
+    if key.device.type == "cpu":
+        # numpy's sort takes about half of torch's time on CPU here (a step matrix of a
+        # MovieLens-100k batch: 0.25 against 0.33-0.54 ms); the keys are distinct, so any sort works.
+        order = torch.from_numpy(np.argsort(key.numpy()))
+    else:
+        order = torch.argsort(key)
     crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows.device)
     torch.cumsum(torch.bincount(rows, minlength=shape[0]), dim=0, out=crow[1:])
     return sparse_csr(crow, cols[order], values[order], shape)
@@ -245,7 +253,10 @@ class _GRUGates(torch.autograd.Function):
         d = h.shape[1]
         i_rz, i_n, h_rz, h_n = gates.split([2 * d, d, 2 * d, d], dim=1)
         rz = torch.sigmoid(i_rz + h_rz)
-        n = torch.tanh(i_n + torch.addcmul(c_n, rz[:, :d], h_n))
+        # n = tanh(x) as 2 sigmoid(2x) - 1, with 2x formed by the ops that form x: torch's CPU
+        # tanh takes about three times as long as its sigmoid plus the two in-place passes.
+        twice = torch.add(torch.addcmul(2 * c_n, rz[:, :d], h_n, value=2), i_n, alpha=2)
+        n = torch.sigmoid(twice).mul_(2).sub_(1)
         ctx.save_for_backward(gates, h, rz, n)
         return torch.lerp(n, h, rz[:, d:])
 
