@@ -136,14 +136,13 @@ def packed_epoch_flops(dataset: Any, dim: int, batch_size: int, seed: int = 0) -
     9 d^2 per distinct item, the sparse step product 3d per non-zero of S (2E + T), the readout's
     projection d^2 and score d per node, W1, the fusion and the scores 3 d^2 + d n_items per session."""
     from llm4sbr.data import make_loader
+    from llm4sbr.data.graph import build_packed_session_graph
 
-    loader = make_loader(
-        dataset.splits["train"], batch_size=batch_size, shuffle=True, seed=seed, with_packed_graph=True
-    )
     macs = 0
-    for batch in loader:
-        sessions, nodes = len(batch["target"]), len(batch["packed_nodes"])
-        items, edges = len(batch["packed_items"]), len(batch["packed_src"])
+    for batch in make_loader(dataset.splits["train"], batch_size=batch_size, shuffle=True, seed=seed):
+        graph = build_packed_session_graph(batch["item_seq"], batch["item_seq_len"])
+        sessions, nodes, edges = len(batch["target"]), len(graph.nodes), len(graph.src)
+        items = len(torch.unique(graph.nodes))
         macs += 9 * items * dim * dim + 3 * dim * (2 * edges + nodes) + nodes * (dim * dim + dim)
         macs += sessions * (3 * dim * dim + dim * dataset.n_items)
     return 3 * 2 * macs

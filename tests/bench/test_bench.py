@@ -16,7 +16,7 @@ from bench.kernels import kernel_case
 from bench.llm import real_prompts
 from bench.report import render_tables
 from bench.serve import recommend_records
-from bench.train import samples_fingerprint, write_random_intents
+from bench.train import packed_epoch_flops, samples_fingerprint, write_random_intents
 from llm4sbr.config import TrainConfig
 from llm4sbr.intent import load_intents
 from llm4sbr.training import train
@@ -88,6 +88,20 @@ def test_samples_fingerprint_ignores_order_only() -> None:
     assert a == samples_fingerprint([["3"], ["1", "2"]], ["5", "4"])
     assert a != samples_fingerprint([["1", "2"], ["3"]], ["5", "4"])
     assert a != samples_fingerprint([["12"], ["3"]], ["4", "5"])
+
+
+def test_packed_epoch_flops_count_the_packed_algorithm() -> None:
+    """One batch of every training sample: R distinct items, T distinct (session, item) nodes and
+    E distinct transitions counted by hand from the prefixes, in the docstring's formula."""
+    dataset, dim = tiny_dataset(), 4
+    train = dataset.splits["train"]
+    prefixes = [train.prefix(i).tolist() for i in range(len(train))]
+    items = len({item for prefix in prefixes for item in prefix})
+    nodes = sum(len(set(prefix)) for prefix in prefixes)
+    edges = sum(len(set(zip(prefix[:-1], prefix[1:], strict=True))) for prefix in prefixes)
+    macs = 9 * items * dim**2 + 3 * dim * (2 * edges + nodes) + nodes * (dim**2 + dim)
+    macs += len(prefixes) * (3 * dim**2 + dim * dataset.n_items)
+    assert packed_epoch_flops(dataset, dim, batch_size=len(train)) == 6 * macs
 
 
 def test_llm_prompts_show_the_last_max_prompt_items_clicks() -> None:
