@@ -37,9 +37,9 @@ to i_n after the sparse product. The backward of the sparse product is one produ
 transpose, built alongside S (torch's own backward of a CSR product re-sorts the matrix on every
 call); both products run as ``embedding_bag`` sums (see :func:`csr_times_dense`). The gates
 then follow gnn_step_ref: r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + r * h_n) (computed as
-2 sigmoid(2x) - 1, which torch runs faster on CPU),
-h' = n + z (h - n), in one autograd.Function whose backward writes the gates' gradient into one
-[T, 6d] tensor from the saved sigmoid and tanh outputs.
+2 sigmoid(2x) - 1, which torch runs faster on CPU), h' = n + z (h - n), in one
+autograd.Function whose backward writes the gates' gradient into one [T, 6d] tensor from the
+saved sigmoid and tanh outputs.
 
 attn_pool on nodes. The score e_j = w3^T sigmoid(q_last + W2 h_j + b2) of a click depends only
 on its node, so node v enters the pooled sum ``clicks[v]`` times (the clicks of its session it
