@@ -1,5 +1,6 @@
-"""SR-GNN session graphs with numba, for data-loader workers (same definition as
-:func:`llm4sbr.data.graph.build_session_graph`; see that module for the graph).
+"""SR-GNN session graphs with numba: the padded graphs for data-loader workers (same definition
+as :func:`llm4sbr.data.graph.build_session_graph`; see that module for the graph) and the packed
+batch graph of :func:`llm4sbr.data.graph.build_packed_batch_graph` (the same arrays bit for bit).
 
 This module imports numba; ``llm4sbr.data`` imports it only when a numba graph is asked for.
 The kernels are compiled on first use (about a second) and cached on disk (``cache=True``).
@@ -88,3 +89,156 @@ def build_session_graph_numba(
     A_out = np.zeros((batch, n_nodes, n_nodes), dtype=np.float32)
     _fill_graphs(item_seq, item_seq_len, nodes, alias, A_in, A_out)
     return nodes, alias, A_in, A_out
+
+
+@njit(cache=True)
+def _fill_packed_graph(
+    item_seq: np.ndarray,
+    item_seq_len: np.ndarray,
+    nodes: np.ndarray,
+    session: np.ndarray,
+    clicks: np.ndarray,
+    last: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+) -> tuple[int, int]:
+    """Fill the packed graph's node and edge arrays (sized for the worst case) -> (T, E), or
+    (-1, b) when session b holds the padding item 0 among its clicks."""
+    n_nodes = 0
+    n_edges = 0
+    for b in range(item_seq.shape[0]):
+        length = item_seq_len[b]
+        clicked = item_seq[b, :length]
+        ordered = np.sort(clicked)
+        if ordered[0] == 0:
+            return -1, b
+        first = n_nodes
+        for i in range(length):
+            if i == 0 or ordered[i] != ordered[i - 1]:
+                nodes[n_nodes] = ordered[i]
+                session[n_nodes] = b
+                clicks[n_nodes] = 0.0
+                n_nodes += 1
+        count = n_nodes - first
+        local = np.searchsorted(nodes[first:n_nodes], clicked)
+        for i in range(length):
+            clicks[first + local[i]] += 1.0
+        last[b] = first + local[length - 1]
+        # Edges as keys u * count + v, sorted per session: sessions' nodes are consecutive, so
+        # the batch's edges come out sorted by (src, dst), as torch.unique gives them.
+        keys = np.sort(local[:-1] * count + local[1:])
+        for i in range(keys.shape[0]):
+            if i == 0 or keys[i] != keys[i - 1]:
+                src[n_edges] = first + keys[i] // count
+                dst[n_edges] = first + keys[i] % count
+                n_edges += 1
+    return n_nodes, n_edges
+
+
+@njit(cache=True)
+def _fill_step_matrices(
+    src: np.ndarray,
+    dst: np.ndarray,
+    in_weight: np.ndarray,
+    out_weight: np.ndarray,
+    row_of_node: np.ndarray,
+    n_rows: int,
+    crow: np.ndarray,
+    col: np.ndarray,
+    values: np.ndarray,
+    crow_t: np.ndarray,
+    col_t: np.ndarray,
+    values_t: np.ndarray,
+) -> None:
+    """The step matrix S [2T, 3R] and its transpose as sorted CSR parts (see
+    ``llm4sbr.kernels.packed_step_matrix``)."""
+    n_nodes = row_of_node.shape[0]
+    degree = np.zeros(n_nodes, dtype=np.int64)
+    for k in range(src.shape[0]):
+        degree[src[k]] += 1
+        degree[dst[k]] += 1
+    crow[0] = 0
+    for v in range(n_nodes):
+        crow[2 * v + 1] = crow[2 * v] + degree[v]
+        crow[2 * v + 2] = crow[2 * v + 1] + 1
+    fill = crow[: 2 * n_nodes : 2].copy()
+    for k in range(src.shape[0]):
+        u, v = src[k], dst[k]
+        col[fill[v]] = 3 * row_of_node[u]
+        values[fill[v]] = in_weight[k]
+        fill[v] += 1
+        col[fill[u]] = 3 * row_of_node[v] + 1
+        values[fill[u]] = out_weight[k]
+        fill[u] += 1
+    for v in range(n_nodes):
+        col[crow[2 * v + 1]] = 3 * row_of_node[v] + 2
+        values[crow[2 * v + 1]] = 1.0
+        # Insertion sort of the row by column: rows hold a node's few neighbours.
+        for i in range(crow[2 * v] + 1, crow[2 * v + 1]):
+            c, x = col[i], values[i]
+            j = i - 1
+            while j >= crow[2 * v] and col[j] > c:
+                col[j + 1] = col[j]
+                values[j + 1] = values[j]
+                j -= 1
+            col[j + 1] = c
+            values[j + 1] = x
+    # The transpose by counting sort over columns; visiting S's rows in order sorts each row of S^T.
+    crow_t[:] = 0
+    for i in range(col.shape[0]):
+        crow_t[col[i] + 1] += 1
+    for r in range(3 * n_rows):
+        crow_t[r + 1] += crow_t[r]
+    fill_t = crow_t[:-1].copy()
+    for r in range(2 * n_nodes):
+        for i in range(crow[r], crow[r + 1]):
+            c = col[i]
+            col_t[fill_t[c]] = r
+            values_t[fill_t[c]] = values[i]
+            fill_t[c] += 1
+
+
+def build_packed_batch_graph_numba(item_seq: np.ndarray, item_seq_len: np.ndarray, dtype: np.dtype) -> dict:
+    """The parts of ``llm4sbr.data.graph.build_packed_batch_graph`` on the CPU, as numpy arrays
+    by field name (``graph.PackedSessionGraph``'s fields, ``items``, ``item_of_node``, and
+    ``step`` and ``step_t``, each (crow, col, values)); weights and values in ``dtype``
+    (float32 or float64). item_seq [B, L] integer item ids; item_seq_len [B], each in 1..L;
+    no item among a session's clicks may be 0 (padding)."""
+    item_seq = np.ascontiguousarray(item_seq, dtype=np.int64)
+    item_seq_len = np.ascontiguousarray(item_seq_len, dtype=np.int64)
+    dtype = np.dtype(dtype)
+    batch, length = item_seq.shape
+    most = int(item_seq_len.sum())
+    nodes = np.empty(most, dtype=np.int64)
+    session = np.empty(most, dtype=np.int64)
+    clicks = np.empty(most, dtype=dtype)
+    last = np.empty(batch, dtype=np.int64)
+    src = np.empty(max(most - batch, 0), dtype=np.int64)
+    dst = np.empty_like(src)
+    n_nodes, n_edges = _fill_packed_graph(item_seq, item_seq_len, nodes, session, clicks, last, src, dst)
+    if n_nodes < 0:
+        raise ValueError(f"session {n_edges} clicks the padding item 0 within its length")
+    nodes, session, clicks = nodes[:n_nodes], session[:n_nodes], clicks[:n_nodes]
+    src, dst = src[:n_edges], dst[:n_edges]
+    in_weight = (1.0 / np.bincount(dst, minlength=n_nodes)[dst]).astype(dtype)
+    out_weight = (1.0 / np.bincount(src, minlength=n_nodes)[src]).astype(dtype)
+    items, item_of_node = np.unique(nodes, return_inverse=True)
+    n_rows = items.shape[0]
+    nnz = 2 * n_edges + n_nodes
+    step = (np.empty(2 * n_nodes + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
+    step_t = (np.empty(3 * n_rows + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
+    _fill_step_matrices(src, dst, in_weight, out_weight, item_of_node, n_rows, *step, *step_t)
+    return {
+        "nodes": nodes,
+        "session": session,
+        "clicks": clicks,
+        "last": last,
+        "src": src,
+        "dst": dst,
+        "in_weight": in_weight,
+        "out_weight": out_weight,
+        "items": items,
+        "item_of_node": item_of_node,
+        "step": step,
+        "step_t": step_t,
+    }

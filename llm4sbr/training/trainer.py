@@ -31,6 +31,7 @@ from llm4sbr.atomic import write_atomic
 from llm4sbr.checkpoint import load_checkpoint, save_checkpoint
 from llm4sbr.config import TrainConfig, from_dict
 from llm4sbr.data import SessionDataset, dataset_fingerprint, make_loader, run_dataset
+from llm4sbr.data.graph import load_numba_builder
 from llm4sbr.intent.lookup import IntentLookup
 from llm4sbr.models.registry import MODEL_CLASSES, build_model
 from llm4sbr.training.distributed import DistributedEnv, process_group, resolve_device, shard_batches
@@ -185,6 +186,9 @@ def _train(
     # Workers build the packed graphs while this process computes (the padded path builds its
     # graphs on the device, in forward).
     packed_in_workers = config.num_workers > 0 and model.encoder.uses_packed_path(device)
+    if model.encoder.uses_packed_path(device) and not packed_in_workers:
+        # numba's import and compiled-code load, once per process, before the first epoch's clock.
+        load_numba_builder(device, model.encoder.embedding.weight.dtype)
 
     def evaluate_split(split: str) -> dict[str, float]:
         return evaluate(

@@ -1,5 +1,6 @@
 """Session-graph builders: hand-checked graphs, torch == numba == a plain-Python reference,
-padding invariance; the packed graph is the padded graph without the padding."""
+padding invariance; the packed graph is the padded graph without the padding; the numba packed
+batch graph is the tensor-ops one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llm4sbr.data import build_session_graph, build_session_graph_numba
-from llm4sbr.data.graph import build_packed_session_graph
+from llm4sbr.data.graph import (
+    PackedBatchGraph,
+    PackedSessionGraph,
+    build_packed_batch_graph,
+    build_packed_session_graph,
+)
 
 
 def reference_graph(session: list[int]) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
@@ -188,3 +194,64 @@ def test_packed_graph_is_the_padded_graph_without_padding(sessions: list[list[in
 def test_packed_graph_rejects_empty_sessions() -> None:
     with pytest.raises(ValueError, match="item_seq_len"):
         build_packed_session_graph(torch.tensor([[1, 2], [0, 0]]), torch.tensor([2, 0]))
+
+
+def assert_same_packed_batch(a: PackedBatchGraph, b: PackedBatchGraph) -> None:
+    for name, x, y in zip(PackedSessionGraph._fields, a.graph, b.graph, strict=True):
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+    assert torch.equal(a.items, b.items) and torch.equal(a.item_of_node, b.item_of_node)
+    for x, y in zip(a.step, b.step, strict=True):
+        assert x.layout == y.layout == torch.sparse_csr and x.shape == y.shape
+        assert torch.equal(x.crow_indices(), y.crow_indices())
+        assert torch.equal(x.col_indices(), y.col_indices())
+        assert x.values().dtype == y.values().dtype and torch.equal(x.values(), y.values())
+
+
+@given(
+    sessions=st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=12), min_size=1, max_size=6),
+    extra=st.integers(0, 2),
+    fill=st.integers(0, 9),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_numba_packed_batch_graph_is_the_tensor_ops_one(
+    sessions: list[list[int]], extra: int, fill: int, dtype: torch.dtype
+) -> None:
+    """Bit for bit, the CSR parts of both step matrices included (junk after each session's
+    length is padding)."""
+    item_seq, item_seq_len = pad_batch(sessions, extra, fill)
+    assert_same_packed_batch(
+        build_packed_batch_graph(item_seq, item_seq_len, dtype, numba=True),
+        build_packed_batch_graph(item_seq, item_seq_len, dtype, numba=False),
+    )
+
+
+def test_numba_packed_batch_graph_of_an_empty_batch() -> None:
+    item_seq, item_seq_len = torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    assert_same_packed_batch(
+        build_packed_batch_graph(item_seq, item_seq_len, numba=True),
+        build_packed_batch_graph(item_seq, item_seq_len, numba=False),
+    )
+
+
+def test_packed_batch_graph_builder_choice_and_bad_input() -> None:
+    item_seq, item_seq_len = pad_batch([[3, 5, 3], [4]])
+    # The default takes numba on CPU (it is installed with the test extras).
+    assert_same_packed_batch(
+        build_packed_batch_graph(item_seq, item_seq_len),
+        build_packed_batch_graph(item_seq, item_seq_len, numba=True),
+    )
+    assert (
+        build_packed_batch_graph(item_seq, item_seq_len, torch.bfloat16).graph.in_weight.dtype
+        == torch.bfloat16
+    )
+    with pytest.raises(ValueError, match="float32 or float64"):
+        build_packed_batch_graph(item_seq, item_seq_len, torch.bfloat16, numba=True)
+    with pytest.raises(ValueError, match="session 1 clicks the padding item 0"):
+        build_packed_batch_graph(*pad_batch([[3, 5], [4, 0, 2]]), numba=True)
+    for numba in (True, False):
+        with pytest.raises(ValueError, match="item_seq_len"):
+            build_packed_batch_graph(item_seq, torch.tensor([3, 0]), numba=numba)
+        with pytest.raises(ValueError, match="item_seq_len"):
+            build_packed_batch_graph(item_seq, torch.tensor([4, 1]), numba=numba)
+        with pytest.raises(ValueError, match="item_seq must be"):
+            build_packed_batch_graph(item_seq[0], item_seq_len, numba=numba)

@@ -40,9 +40,16 @@ def faults_per_step(mode: str) -> float:
 )
 def test_freed_memory_is_reused_without_page_faults() -> None:
     pages = 12 * 2**23 // 4096  # what the step touches
-    default, retained = faults_per_step("default"), faults_per_step("retain")
     # By default glibc gives much of the memory back after each step; how much depends on its
-    # adaptive mmap and trim thresholds (about 24,500 and 9,800 faults per step seen here).
+    # adaptive mmap and trim thresholds (about 24,500 and 19,600 faults per step seen here, but
+    # in about one run in four they settle so that only 1,000 to 5,000 pages fault): the most of
+    # a few runs shows the default's cost.
+    default = 0.0
+    for _ in range(5):
+        default = max(default, faults_per_step("default"))
+        if default > 0.2 * pages:
+            break
+    retained = faults_per_step("retain")
     assert default > 0.2 * pages
     assert retained < 0.05 * pages  # about 400 here
     assert default > 4 * retained
