@@ -133,7 +133,7 @@ def packed_epoch_flops(dataset: Any, dim: int, batch_size: int, seed: int = 0) -
     """FLOPs of one SRGNN training epoch on the packed path, the algorithm that runs on CPU
     (forward x 3 for forward + backward), counted on the first epoch's batches. Per batch of B
     sessions with R distinct items, T nodes and E edges, in multiply-adds: the folded step GEMM
-    9 d^2 per distinct item, the sparse step product 3d per non-zero of S (2E + T), the readout's
+    9 d^2 per distinct item, the sparse step product d per non-zero of S (6E + 3T), the readout's
     projection d^2 and score d per node, W1, the fusion and the scores 3 d^2 + d n_items per session."""
     from llm4sbr.data import make_loader
     from llm4sbr.data.graph import build_packed_session_graph

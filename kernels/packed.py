@@ -24,22 +24,26 @@ so R is the number of distinct items of the batch and the GEMM runs once per ite
 once per node (on MovieLens-100k about 960 items for 3,900 nodes in a batch of 100 sessions);
 in later steps rows = h and R = T.
 
-The step matrix. P viewed as [3R, 3d] holds, for GEMM row r, the in product at row 3r, the out
-product at 3r + 1 and the hh product at 3r + 2. S [2T, 3R] (sparse CSR) has, for each edge
-u -> v, in_weight at (2v, 3 row(u)) and out_weight at (2u, 3 row(v) + 1), and 1 at
-(2v + 1, 3 row(v) + 2), so that
+The step matrix. P viewed as [9R, d] holds, for GEMM row q, its 9 [d] parts: row 9q + 3k + g
+is part g (0: r, 1: z, 2: n) of product k (0: in, 1: out, 2: hh). S [4T, 9R] (sparse CSR) has
+four blocks of T rows, one per gate input, so that S @ P is
 
-    (S @ P).view(T, 6d) = [gi - constant, gh + constant_rz]
+    [r + c_r; z + c_z; i_n - c_n; h_n]  (each [T, d], one under the other)
 
-where constant = b_iah W_ih,in^T + b_oah W_ih,out^T + b_ih [3d]: its r and z parts are added to
-the hh products' bias (they only ever appear in i_r + h_r and i_z + h_z), its n part is added
-to i_n after the sparse product. The backward of the sparse product is one product with the
-transpose, built alongside S (torch's own backward of a CSR product re-sorts the matrix on every
-call); both products run as ``embedding_bag`` sums (see :func:`csr_times_dense`). The gates
-then follow gnn_step_ref: r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + r * h_n) (computed as
-2 sigmoid(2x) - 1, which torch runs faster on CPU), h' = n + z (h - n), in one
-autograd.Function whose backward writes the gates' gradient into one [T, 6d] tensor from the
-saved sigmoid and tanh outputs.
+with r = i_r + h_r and z = i_z + h_z before their sigmoids: for each edge u -> v and gate
+g in (r, z), in_weight at (g T + v, 9 row(u) + g) and out_weight at (g T + u, 9 row(v) + 3 + g),
+and 1 at (g T + v, 9 row(v) + 6 + g), so the input and hidden parts are summed inside the
+sparse product; for i_n, the same edge entries at (2T + v, 9 row(u) + 2) and
+(2T + u, 9 row(v) + 5); for h_n, 1 at (3T + v, 9 row(v) + 8). Each gate input is then one
+contiguous [T, d] block, forward and backward (no adds of gate parts, no strided views).
+constant = b_iah W_ih,in^T + b_oah W_ih,out^T + b_ih [3d] is gi's bias: its r and z parts are
+added to the hh products' bias (picked with weight 1 into r and z), its n part c_n to i_n in the
+gates. The backward of the sparse product is one product with the transpose, built alongside S
+(torch's own backward of a CSR product re-sorts the matrix on every call); both products run as
+``embedding_bag`` sums (see :func:`csr_times_dense`). The gates then follow gnn_step_ref:
+r, z = sigmoid(.), n = tanh(i_n + c_n + r * h_n) (computed as 2 sigmoid(2x) - 1, which torch
+runs faster on CPU), h' = n + z (h - n), in one autograd.Function whose backward writes the
+gates' gradient into one [4T, d] tensor from the saved sigmoid and tanh outputs.
 
 attn_pool on nodes. The score e_j = w3^T sigmoid(q_last + W2 h_j + b2) of a click depends only
 on its node, so node v enters the pooled sum ``clicks[v]`` times (the clicks of its session it
@@ -74,14 +78,15 @@ def packed_step_matrix(
     n_rows: int,
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step matrix S [2T, 3R] of :func:`gnn_step_packed` and its transpose [3R, 2T], sparse CSR.
+    """The step matrix S [4T, 9R] of :func:`gnn_step_packed` and its transpose [9R, 4T], sparse CSR.
 
     src, dst [E] long: the edges u -> v of the batch over its T nodes; in_weight, out_weight [E]
     floating: ``A_in[v, u]`` and ``A_out[u, v]`` of each edge (a ``PackedSessionGraph`` has all
     four fields under these names); row_of_node [T] long: the GEMM row in 0..n_rows-1 of each
     node, T = ``row_of_node.shape[0]``; n_rows: R; dtype: the values' dtype (that of h). All
     tensors on one device. Positions must be distinct (each edge once, as the graph builders give
-    them); the indices are not range-checked (that would cost a host sync).
+    them); the indices are not range-checked (that would cost a host sync). On CPU,
+    ``llm4sbr.data.graph.build_packed_batch_graph`` builds the same matrices with numba.
     """
     check_tensor("row_of_node", row_of_node, ("T",), dtype=torch.long)
     device = row_of_node.device
@@ -97,11 +102,24 @@ def packed_step_matrix(
 
     n_nodes = row_of_node.shape[0]
     nodes = torch.arange(n_nodes, device=device)
-    rows = torch.cat([2 * dst, 2 * src, 2 * nodes + 1])
-    cols = torch.cat([3 * row_of_node[src], 3 * row_of_node[dst] + 1, 3 * row_of_node + 2])
+    in_col, out_col, own_col = 9 * row_of_node[src], 9 * row_of_node[dst] + 3, 9 * row_of_node + 6
+    weights = (in_weight.to(dtype), out_weight.to(dtype))
     ones = torch.ones(n_nodes, dtype=dtype, device=device)
-    values = torch.cat([in_weight.to(dtype), out_weight.to(dtype), ones])
-    shape = (2 * n_nodes, 3 * n_rows)
+    rows, cols, values = [], [], []
+    for gate in range(3):  # r, z, i_n: the edges' in and out parts; r and z also the own hh part
+        block = gate * n_nodes
+        rows += [block + dst, block + src]
+        cols += [in_col + gate, out_col + gate]
+        values += weights
+        if gate < 2:
+            rows.append(block + nodes)
+            cols.append(own_col + gate)
+            values.append(ones)
+    rows.append(3 * n_nodes + nodes)  # h_n
+    cols.append(own_col + 2)
+    values.append(ones)
+    rows, cols, values = torch.cat(rows), torch.cat(cols), torch.cat(values)
+    shape = (4 * n_nodes, 9 * n_rows)
     return _csr(rows, cols, values, shape), _csr(cols, rows, values, shape[::-1])
 
 
@@ -174,11 +192,11 @@ def _check_gnn_inputs(
     R = rows.shape[0]
     if not (isinstance(step_matrix, (tuple, list)) and len(step_matrix) == 2):
         raise ValueError(
-            f"step_matrix must be the pair (S [2T, 3R], S^T [3R, 2T]) from packed_step_matrix, "
+            f"step_matrix must be the pair (S [4T, 9R], S^T [9R, 4T]) from packed_step_matrix, "
             f"got {type(step_matrix).__name__}"
         )
-    check_tensor("step_matrix[0]", step_matrix[0], (2 * T, 3 * R), like=h)
-    check_tensor("step_matrix[1]", step_matrix[1], (3 * R, 2 * T), like=h)
+    check_tensor("step_matrix[0]", step_matrix[0], (4 * T, 9 * R), like=h)
+    check_tensor("step_matrix[1]", step_matrix[1], (9 * R, 4 * T), like=h)
     check_step_weights(h, edge_in_w, edge_in_b, edge_out_w, edge_out_b, b_iah, b_oah, w_ih, b_ih, w_hh, b_hh)
 
 
@@ -200,7 +218,7 @@ def gnn_step_packed(
     """:func:`gnn_step_ref` on packed nodes with the folded weights (see the module docstring).
 
     rows [R, d]: the GEMM rows, with ``h[v] == rows[row_of_node[v]]`` for the ``row_of_node`` the
-    step matrix was built with; h [T, d] node states; step_matrix: (S [2T, 3R], S^T [3R, 2T]) from
+    step matrix was built with; h [T, d] node states; step_matrix: (S [4T, 9R], S^T [9R, 4T]) from
     :func:`packed_step_matrix` (constant: no gradient); the weights as in :func:`gnn_step`
     (edge weights [d, d], edge biases, b_iah, b_oah [d], w_ih [3d, 2d], w_hh [3d, d], b_ih,
     b_hh [3d]) -> h' [T, d]. All floating tensors share h's dtype and device.
@@ -233,47 +251,50 @@ def gnn_step_packed(
             b_hh + torch.cat([constant[: 2 * d], constant.new_zeros(d)]),
         ]
     )
-    products = torch.addmm(bias, rows, weight).view(3 * rows.shape[0], 3 * d)
-    gates = _SparseProduct.apply(*step_matrix, products).view(h.shape[0], 6 * d)  # [gi - c, gh + c_rz]
+    products = torch.addmm(bias, rows, weight).view(9 * rows.shape[0], d)
+    gates = _SparseProduct.apply(*step_matrix, products)  # [r + c_r; z + c_z; i_n - c_n; h_n]
     return _GRUGates.apply(gates, h, constant[2 * d :])
 
 
 class _GRUGates(torch.autograd.Function):
-    """The GRU update from the step's gate pre-activations, with a hand-written backward.
+    """The GRU update from the step's gate inputs, with a hand-written backward.
 
-    gates [T, 6d] = [i_rz | i_n | h_rz | h_n] (see the module docstring), h [T, d], c_n [d]:
-    r, z = sigmoid(i_rz + h_rz), n = tanh(i_n + c_n + r * h_n), h' = n + z (h - n) -> [T, d].
-    The backward writes the four parts of the gates' gradient straight into one [T, 6d] tensor
-    (autograd's graph of the same ops builds them separately and concatenates them) and uses
-    the saved sigmoid and tanh outputs."""
+    gates [4T, d] = [r; z; i_n; h_n] before the nonlinearities (see the module docstring), h
+    [T, d], c_n [d]: r, z = sigmoid(.), n = tanh(i_n + c_n + r * h_n), h' = n + z (h - n)
+    -> [T, d]. The backward writes the four blocks of the gates' gradient straight into one
+    [4T, d] tensor (autograd's graph of the same ops builds them separately and concatenates
+    them) and uses the saved sigmoid and tanh outputs."""
 
     @staticmethod
     def forward(ctx, gates: torch.Tensor, h: torch.Tensor, c_n: torch.Tensor) -> torch.Tensor:
-        d = h.shape[1]
-        i_rz, i_n, h_rz, h_n = gates.split([2 * d, d, 2 * d, d], dim=1)
-        rz = torch.sigmoid(i_rz + h_rz)
+        n_nodes = h.shape[0]
+        rz = torch.sigmoid(gates[: 2 * n_nodes])
+        i_n, h_n = gates[2 * n_nodes : 3 * n_nodes], gates[3 * n_nodes :]
         # n = tanh(x) as 2 sigmoid(2x) - 1, with 2x formed by the ops that form x: torch's CPU
         # tanh costs several of its sigmoids.
-        twice = torch.add(torch.addcmul(2 * c_n, rz[:, :d], h_n, value=2), i_n, alpha=2)
+        twice = torch.add(torch.addcmul(2 * c_n, rz[:n_nodes], h_n, value=2), i_n, alpha=2)
         n = torch.sigmoid(twice).mul_(2).sub_(1)
-        ctx.save_for_backward(gates, h, rz, n)
-        return torch.lerp(n, h, rz[:, d:])
+        ctx.save_for_backward(h_n, h, rz, n)
+        return torch.lerp(n, h, rz[n_nodes:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        gates, h, rz, n = ctx.saved_tensors
-        d = h.shape[1]
-        r, z = rz[:, :d], rz[:, d:]
-        grad_gates = torch.empty_like(gates)
-        g_rz, g_in, g_hrz, g_hn = grad_gates.split([2 * d, d, 2 * d, d], dim=1)
-        torch.mul(grad, h - n, out=g_rz[:, d:])  # dL/dz
+        h_n, h, rz, n = ctx.saved_tensors
+        n_nodes = h.shape[0]
+        r, z = rz[:n_nodes], rz[n_nodes:]
+        grad_gates = torch.empty(4 * n_nodes, h.shape[1], dtype=h.dtype, device=h.device)
+        g_rz, g_in, g_hn = (
+            grad_gates[: 2 * n_nodes],
+            grad_gates[2 * n_nodes : 3 * n_nodes],
+            grad_gates[3 * n_nodes :],
+        )
+        torch.mul(grad, h - n, out=g_rz[n_nodes:])  # dL/dz
         # dL/dn = grad (1 - z), then through tanh: dL/d(i_n) = dL/dn (1 - n^2).
         torch.ops.aten.tanh_backward.grad_input(torch.addcmul(grad, grad, z, value=-1), n, grad_input=g_in)
         torch.mul(g_in, r, out=g_hn)
-        torch.mul(g_in, gates[:, 5 * d :], out=g_rz[:, :d])  # dL/dr = dL/d(i_n) h_n
+        torch.mul(g_in, h_n, out=g_rz[:n_nodes])  # dL/dr = dL/d(i_n) h_n
         torch.ops.aten.sigmoid_backward.grad_input(g_rz, rz, grad_input=g_rz)
-        g_hrz.copy_(g_rz)
         return grad_gates, grad * z, g_in.sum(dim=0)
 
 

@@ -74,8 +74,8 @@ class PackedBatchGraph(NamedTuple):
     """A batch's :class:`PackedSessionGraph` with the inputs of the packed path's first step.
 
     graph: the packed graph (T nodes). items [R] long: the batch's distinct items, ascending.
-    item_of_node [T] long: each node's row in ``items``. step: the first step's (S [2T, 3R],
-    S^T [3R, 2T]) sparse CSR matrices of :func:`llm4sbr.kernels.packed_step_matrix`.
+    item_of_node [T] long: each node's row in ``items``. step: the first step's (S [4T, 9R],
+    S^T [9R, 4T]) sparse CSR matrices of :func:`llm4sbr.kernels.packed_step_matrix`.
     """
 
     graph: PackedSessionGraph
@@ -272,7 +272,7 @@ def _build_packed_batch_graph_numba(
     )
     graph = PackedSessionGraph(*(torch.from_numpy(parts[name]) for name in PackedSessionGraph._fields))
     items = torch.from_numpy(parts["items"])
-    shape = (2 * graph.nodes.shape[0], 3 * items.shape[0])
+    shape = (4 * graph.nodes.shape[0], 9 * items.shape[0])
     step = tuple(
         sparse_csr(*(torch.from_numpy(part) for part in parts[name]), size)
         for name, size in (("step", shape), ("step_t", shape[::-1]))
@@ -300,7 +300,7 @@ def packed_batch_from_dict(batch: dict[str, torch.Tensor]) -> PackedBatchGraph |
         return None
     graph = PackedSessionGraph(*(batch[PACKED_PREFIX + name] for name in PackedSessionGraph._fields))
     items = batch[PACKED_PREFIX + "items"]
-    shape = (2 * graph.nodes.shape[0], 3 * items.shape[0])
+    shape = (4 * graph.nodes.shape[0], 9 * items.shape[0])
     step = tuple(
         sparse_csr(*(batch[f"{PACKED_PREFIX}{name}_{part}"] for part in ("crow", "col", "values")), size)
         for name, size in (("step", shape), ("step_t", shape[::-1]))

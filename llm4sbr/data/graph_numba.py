@@ -150,47 +150,71 @@ def _fill_step_matrices(
     col_t: np.ndarray,
     values_t: np.ndarray,
 ) -> None:
-    """The step matrix S [2T, 3R] and its transpose as sorted CSR parts (see
-    ``llm4sbr.kernels.packed_step_matrix``)."""
+    """The step matrix S [4T, 9R] and its transpose as sorted CSR parts (see
+    ``llm4sbr.kernels.packed_step_matrix`` for the layout)."""
     n_nodes = row_of_node.shape[0]
+    n_edges = src.shape[0]
     degree = np.zeros(n_nodes, dtype=np.int64)
-    for k in range(src.shape[0]):
+    for k in range(n_edges):
         degree[src[k]] += 1
         degree[dst[k]] += 1
+    # Block r first: row v holds the in parts of v's in-edges (column 9 row(u)), the out parts of
+    # its out-edges (9 row(w) + 3) and its own hh part (9 row(v) + 6), sorted by column.
     crow[0] = 0
     for v in range(n_nodes):
-        crow[2 * v + 1] = crow[2 * v] + degree[v]
-        crow[2 * v + 2] = crow[2 * v + 1] + 1
-    fill = crow[: 2 * n_nodes : 2].copy()
-    for k in range(src.shape[0]):
+        crow[v + 1] = crow[v] + degree[v] + 1
+    fill = crow[:n_nodes].copy()
+    for k in range(n_edges):
         u, v = src[k], dst[k]
-        col[fill[v]] = 3 * row_of_node[u]
+        col[fill[v]] = 9 * row_of_node[u]
         values[fill[v]] = in_weight[k]
         fill[v] += 1
-        col[fill[u]] = 3 * row_of_node[v] + 1
+        col[fill[u]] = 9 * row_of_node[v] + 3
         values[fill[u]] = out_weight[k]
         fill[u] += 1
     for v in range(n_nodes):
-        col[crow[2 * v + 1]] = 3 * row_of_node[v] + 2
-        values[crow[2 * v + 1]] = 1.0
+        col[fill[v]] = 9 * row_of_node[v] + 6
+        values[fill[v]] = 1.0
         # Insertion sort of the row by column: rows hold a node's few neighbours.
-        for i in range(crow[2 * v] + 1, crow[2 * v + 1]):
+        for i in range(crow[v] + 1, crow[v + 1]):
             c, x = col[i], values[i]
             j = i - 1
-            while j >= crow[2 * v] and col[j] > c:
+            while j >= crow[v] and col[j] > c:
                 col[j + 1] = col[j]
                 values[j + 1] = values[j]
                 j -= 1
             col[j + 1] = c
             values[j + 1] = x
+    # Blocks z (columns + 1), i_n (the edge parts only, + 2) and h_n (the own part, + 2): the
+    # same order, as the column shifts keep it.
+    nnz = crow[n_nodes]
+    i = nnz
+    for v in range(n_nodes):
+        crow[n_nodes + v + 1] = crow[v + 1] + nnz
+        for j in range(crow[v], crow[v + 1]):
+            col[i] = col[j] + 1
+            values[i] = values[j]
+            i += 1
+    for v in range(n_nodes):
+        crow[2 * n_nodes + v + 1] = crow[2 * n_nodes + v] + degree[v]
+        for j in range(crow[v], crow[v + 1]):
+            if col[j] % 9 != 6:
+                col[i] = col[j] + 2
+                values[i] = values[j]
+                i += 1
+    for v in range(n_nodes):
+        crow[3 * n_nodes + v + 1] = crow[3 * n_nodes + v] + 1
+        col[i] = 9 * row_of_node[v] + 8
+        values[i] = 1.0
+        i += 1
     # The transpose by counting sort over columns; visiting S's rows in order sorts each row of S^T.
     crow_t[:] = 0
     for i in range(col.shape[0]):
         crow_t[col[i] + 1] += 1
-    for r in range(3 * n_rows):
+    for r in range(9 * n_rows):
         crow_t[r + 1] += crow_t[r]
     fill_t = crow_t[:-1].copy()
-    for r in range(2 * n_nodes):
+    for r in range(4 * n_nodes):
         for i in range(crow[r], crow[r + 1]):
             c = col[i]
             col_t[fill_t[c]] = r
@@ -224,9 +248,9 @@ def build_packed_batch_graph_numba(item_seq: np.ndarray, item_seq_len: np.ndarra
     out_weight = (1.0 / np.bincount(src, minlength=n_nodes)[src]).astype(dtype)
     items, item_of_node = np.unique(nodes, return_inverse=True)
     n_rows = items.shape[0]
-    nnz = 2 * n_edges + n_nodes
-    step = (np.empty(2 * n_nodes + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
-    step_t = (np.empty(3 * n_rows + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
+    nnz = 3 * (2 * n_edges + n_nodes)
+    step = (np.empty(4 * n_nodes + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
+    step_t = (np.empty(9 * n_rows + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
     _fill_step_matrices(src, dst, in_weight, out_weight, item_of_node, n_rows, *step, *step_t)
     return {
         "nodes": nodes,

@@ -185,26 +185,39 @@ def test_distinct_item_rows_equal_node_rows_to_float64_rounding() -> None:
 
 
 def test_step_matrix_layout() -> None:
-    """S [2T, 3R] holds A_in / A_out weights at the neighbours' in / out product rows and a 1 at
-    each node's own hh product row; the second matrix is its transpose."""
-    graph = packed_graph([[3, 5, 3], [4]])  # nodes: (0: 3, 1: 5), (2: 4); edges 0 -> 1, 1 -> 0
+    """S [4T, 9R] has one block of T rows per gate input (r, z, i_n, h_n): a node's r and z rows
+    pick its in-neighbours' in parts with A_in weights, its out-neighbours' out parts with A_out
+    weights and its own hh part with 1; its i_n row the same without the hh part; its h_n row
+    its own hh part. Product parts are rows 9q + 3k + g of P (k: in, out, hh; g: r, z, n). The
+    second matrix is the transpose."""
+    graph = packed_graph([[3, 5, 3, 7], [4]])  # nodes 0: 3, 1: 5, 2: 7, 3: 4; edges 0->1, 1->0, 0->2
+    T = 4
     S, S_t = packed_step_matrix(
         graph.src,
         graph.dst,
         graph.in_weight,
         graph.out_weight,
-        torch.arange(3, device=DEVICE),
-        3,
+        torch.arange(T, device=DEVICE),
+        T,
         torch.float64,
     )
     assert S.layout == S_t.layout == torch.sparse_csr
-    expected = torch.zeros(6, 9, dtype=torch.float64, device=DEVICE)
-    expected[2 * 1, 3 * 0] = expected[2 * 0, 3 * 1] = 1.0  # in: A_in[1, 0] = A_in[0, 1] = 1
-    expected[2 * 0, 3 * 1 + 1] = expected[2 * 1, 3 * 0 + 1] = 1.0  # out: A_out[0, 1] = A_out[1, 0] = 1
-    for v in range(3):
-        expected[2 * v + 1, 3 * v + 2] = 1.0
+    A_in = {(1, 0): 1.0, (0, 1): 1.0, (2, 0): 1.0}  # (v, u): 1 / indeg(v)
+    A_out = {(0, 1): 0.5, (1, 0): 1.0, (0, 2): 0.5}  # (u, v): 1 / outdeg(u)
+    expected = torch.zeros(4 * T, 9 * T, dtype=torch.float64, device=DEVICE)
+    for g in range(3):
+        for (v, u), weight in A_in.items():
+            expected[g * T + v, 9 * u + g] = weight
+        for (u, v), weight in A_out.items():
+            expected[g * T + u, 9 * v + 3 + g] = weight
+    for v in range(T):
+        expected[v, 9 * v + 6] = expected[T + v, 9 * v + 7] = expected[3 * T + v, 9 * v + 8] = 1.0
     assert torch.equal(S.to_dense(), expected)
     assert torch.equal(S_t.to_dense(), expected.T)
+    for matrix in (S, S_t):  # a valid CSR matrix: columns ascending within each row
+        crow, col = matrix.crow_indices(), matrix.col_indices()
+        for row in range(matrix.shape[0]):
+            assert bool((col[crow[row] : crow[row + 1]].diff() > 0).all())
 
 
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
