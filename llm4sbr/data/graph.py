@@ -228,25 +228,45 @@ def build_packed_batch_graph(
     padding item 0 among a session's clicks.
     """
     _check_packed_batch(item_seq, item_seq_len)
-    if numba is None:
-        numba = numba_builder_applies(item_seq.device, dtype) and _numba_installed()
-    elif numba and not numba_builder_applies(item_seq.device, dtype):
-        raise ValueError(
-            f"the numba builder needs CPU tensors and float32 or float64, got {item_seq.device}, {dtype}"
-        )
-    if numba:
+    if use_numba_builder(item_seq.device, dtype, numba):
         return _build_packed_batch_graph_numba(item_seq, item_seq_len, dtype)
     graph = build_packed_session_graph(item_seq, item_seq_len, dtype)
     items, item_of_node = torch.unique(graph.nodes, return_inverse=True)
-    step = packed_step_matrix(
-        graph.src, graph.dst, graph.in_weight, graph.out_weight, item_of_node, items.shape[0], dtype
-    )
+    step = packed_step_matrices(graph, item_of_node, items.shape[0], dtype, numba=False)
     return PackedBatchGraph(graph, items, item_of_node, step)
 
 
-def numba_builder_applies(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether :func:`build_packed_batch_graph`'s numba builder can build for ``device`` and ``dtype``."""
-    return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+def packed_step_matrices(
+    graph: PackedSessionGraph,
+    row_of_node: torch.Tensor,
+    n_rows: int,
+    dtype: torch.dtype,
+    numba: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`llm4sbr.kernels.packed_step_matrix` of ``graph``'s edges (row_of_node [T] long, R =
+    n_rows; values in ``dtype``), built by numba or tensor ops as ``numba`` chooses (see
+    :func:`build_packed_batch_graph`): the encoder's later steps take it with one GEMM row per node."""
+    if not use_numba_builder(row_of_node.device, dtype, numba):
+        return packed_step_matrix(
+            graph.src, graph.dst, graph.in_weight, graph.out_weight, row_of_node, n_rows, dtype
+        )
+    from .graph_numba import step_matrices_numba
+
+    weights = (graph.in_weight.to(dtype).numpy(), graph.out_weight.to(dtype).numpy())
+    parts = step_matrices_numba(graph.src.numpy(), graph.dst.numpy(), *weights, row_of_node.numpy(), n_rows)
+    return _sparse_pair(parts, row_of_node.shape[0], n_rows)
+
+
+def use_numba_builder(device: torch.device, dtype: torch.dtype, numba: bool | None) -> bool:
+    """Resolve a ``numba`` choice (see :func:`build_packed_batch_graph`) for ``device`` and
+    ``dtype``: None -> whether numba applies and is installed; True where it does not apply ->
+    ValueError."""
+    applies = torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+    if numba is None:
+        return applies and _numba_installed()
+    if numba and not applies:
+        raise ValueError(f"the numba builder needs CPU tensors and float32 or float64, got {device}, {dtype}")
+    return numba
 
 
 @functools.cache
@@ -258,8 +278,17 @@ def load_numba_builder(device: torch.device, dtype: torch.dtype = torch.float32)
     """Import and compile (or load from numba's disk cache) the numba packed-graph builder now,
     if :func:`build_packed_batch_graph` will use it for ``device`` and ``dtype``: a few seconds
     once per process that the first batch would otherwise pay."""
-    if numba_builder_applies(device, dtype) and _numba_installed():
+    if use_numba_builder(device, dtype, None):
         build_packed_batch_graph(torch.ones(1, 1, dtype=torch.long), torch.ones(1, dtype=torch.long), dtype)
+
+
+def _sparse_pair(parts: tuple, n_nodes: int, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step matrices from numpy CSR parts ((crow, col, values) of S and of S^T)."""
+    shape = (4 * n_nodes, 9 * n_rows)
+    return tuple(
+        sparse_csr(*(torch.from_numpy(part) for part in matrix), size)
+        for matrix, size in zip(parts, (shape, shape[::-1]), strict=True)
+    )
 
 
 def _build_packed_batch_graph_numba(
@@ -272,11 +301,7 @@ def _build_packed_batch_graph_numba(
     )
     graph = PackedSessionGraph(*(torch.from_numpy(parts[name]) for name in PackedSessionGraph._fields))
     items = torch.from_numpy(parts["items"])
-    shape = (4 * graph.nodes.shape[0], 9 * items.shape[0])
-    step = tuple(
-        sparse_csr(*(torch.from_numpy(part) for part in parts[name]), size)
-        for name, size in (("step", shape), ("step_t", shape[::-1]))
-    )
+    step = _sparse_pair((parts["step"], parts["step_t"]), graph.nodes.shape[0], items.shape[0])
     return PackedBatchGraph(graph, items, torch.from_numpy(parts["item_of_node"]), step)
 
 

@@ -247,11 +247,7 @@ def build_packed_batch_graph_numba(item_seq: np.ndarray, item_seq_len: np.ndarra
     in_weight = (1.0 / np.bincount(dst, minlength=n_nodes)[dst]).astype(dtype)
     out_weight = (1.0 / np.bincount(src, minlength=n_nodes)[src]).astype(dtype)
     items, item_of_node = np.unique(nodes, return_inverse=True)
-    n_rows = items.shape[0]
-    nnz = 3 * (2 * n_edges + n_nodes)
-    step = (np.empty(4 * n_nodes + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
-    step_t = (np.empty(9 * n_rows + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
-    _fill_step_matrices(src, dst, in_weight, out_weight, item_of_node, n_rows, *step, *step_t)
+    step, step_t = step_matrices_numba(src, dst, in_weight, out_weight, item_of_node, items.shape[0])
     return {
         "nodes": nodes,
         "session": session,
@@ -266,3 +262,22 @@ def build_packed_batch_graph_numba(item_seq: np.ndarray, item_seq_len: np.ndarra
         "step": step,
         "step_t": step_t,
     }
+
+
+def step_matrices_numba(
+    src: np.ndarray,
+    dst: np.ndarray,
+    in_weight: np.ndarray,
+    out_weight: np.ndarray,
+    row_of_node: np.ndarray,
+    n_rows: int,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``llm4sbr.kernels.packed_step_matrix``'s S [4T, 9R] and S^T [9R, 4T] as CSR parts (crow,
+    col, values), values in in_weight's dtype: src, dst [E] and row_of_node [T] int64, in_weight
+    and out_weight [E] float32 or float64, n_rows R. Edge positions must be distinct."""
+    n_nodes, nnz = row_of_node.shape[0], 3 * (2 * src.shape[0] + row_of_node.shape[0])
+    dtype = in_weight.dtype
+    step = (np.empty(4 * n_nodes + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
+    step_t = (np.empty(9 * n_rows + 1, np.int64), np.empty(nnz, np.int64), np.empty(nnz, dtype))
+    _fill_step_matrices(src, dst, in_weight, out_weight.astype(dtype), row_of_node, n_rows, *step, *step_t)
+    return step, step_t

@@ -30,8 +30,9 @@ from llm4sbr.data.graph import (
     SessionGraph,
     build_packed_batch_graph,
     build_session_graph,
+    packed_step_matrices,
 )
-from llm4sbr.kernels import attn_pool_packed, current_backend, gnn_step_packed, packed_step_matrix
+from llm4sbr.kernels import attn_pool_packed, current_backend, gnn_step_packed
 from llm4sbr.kernels._launch import triton_can_run
 from llm4sbr.models.layers import AttentionReadout, GNNCell, reset_uniform
 
@@ -103,9 +104,7 @@ class SessionGraphEncoder(nn.Module):
         for step in range(self.steps):
             if step == 1:  # later steps: one GEMM row per node, the same matrix each step
                 nodes = torch.arange(h.shape[0], device=h.device)
-                step_matrix = packed_step_matrix(
-                    graph.src, graph.dst, graph.in_weight, graph.out_weight, nodes, h.shape[0], dtype
-                )
+                step_matrix = packed_step_matrices(graph, nodes, h.shape[0], dtype)
             h = gnn_step_packed(
                 rows,
                 h,
