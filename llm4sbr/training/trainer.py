@@ -186,8 +186,9 @@ def _train(
     # Workers build the packed graphs while this process computes (the padded path builds its
     # graphs on the device, in forward).
     packed_in_workers = config.num_workers > 0 and model.encoder.uses_packed_path(device)
-    if model.encoder.uses_packed_path(device) and not packed_in_workers:
-        # numba's import and compiled-code load, once per process, before the first epoch's clock.
+    if model.encoder.uses_packed_path(device):
+        # numba's import and compiled-code load, once, before the first epoch's clock (forked
+        # loader workers inherit them).
         load_numba_builder(device, model.encoder.embedding.weight.dtype)
 
     def evaluate_split(split: str) -> dict[str, float]:

@@ -4,6 +4,9 @@ batch graph is the tensor-ops one."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -264,3 +267,17 @@ def test_packed_batch_graph_builder_choice_and_bad_input() -> None:
             build_packed_batch_graph(item_seq, torch.tensor([4, 1]), numba=numba)
         with pytest.raises(ValueError, match="item_seq must be"):
             build_packed_batch_graph(item_seq[0], item_seq_len, numba=numba)
+
+
+def test_load_numba_builder_loads_it_only_where_it_applies() -> None:
+    script = (
+        "import sys, torch\n"
+        "from llm4sbr.data.graph import load_numba_builder\n"
+        "load_numba_builder(torch.device('cpu'), torch.bfloat16)\n"
+        "before = 'llm4sbr.data.graph_numba' in sys.modules\n"
+        "load_numba_builder(torch.device('cpu'))\n"
+        "print(before, 'llm4sbr.data.graph_numba' in sys.modules)\n"
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split() == ["False", "True"]
