@@ -28,9 +28,10 @@ tensors, built in one pass instead of a few dozen tensor ops.
 from __future__ import annotations
 
 import functools
-import importlib.util
+import warnings
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from llm4sbr.kernels import packed_step_matrix
@@ -224,8 +225,9 @@ def build_packed_batch_graph(
     ``numba``: build it with the numba builder (``llm4sbr.data.graph_numba``; CPU tensors,
     float32 or float64), which gives the same tensors bit for bit in a fraction of the time of
     the tensor ops (a few dozen small ops per batch); False: with tensor ops, on any device; None
-    (default): numba where it can run and is installed. The numba builder also rejects the
-    padding item 0 among a session's clicks.
+    (default): numba where it can run and is installed (if it is installed but fails to compile
+    or load, a RuntimeWarning once, then tensor ops). The numba builder also rejects the padding
+    item 0 among a session's clicks.
     """
     _check_packed_batch(item_seq, item_seq_len)
     if use_numba_builder(item_seq.device, dtype, numba):
@@ -263,15 +265,32 @@ def use_numba_builder(device: torch.device, dtype: torch.dtype, numba: bool | No
     ValueError."""
     applies = torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
     if numba is None:
-        return applies and _numba_installed()
+        return applies and _numba_ready()
     if numba and not applies:
         raise ValueError(f"the numba builder needs CPU tensors and float32 or float64, got {device}, {dtype}")
     return numba
 
 
 @functools.cache
-def _numba_installed() -> bool:
-    return importlib.util.find_spec("numba") is not None
+def _numba_ready() -> bool:
+    """Whether numba is installed and its packed-graph builder runs here: imported and compiled
+    (or loaded from numba's disk cache) on a one-click batch, once per process. A builder that
+    fails (numba unable to compile or to cache, say) warns and leaves the choice to tensor ops."""
+    try:
+        from .graph_numba import build_packed_batch_graph_numba
+    except ImportError:  # numba is not installed
+        return False
+    try:
+        build_packed_batch_graph_numba(np.ones((1, 1), np.int64), np.ones(1, np.int64), np.float32)
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional accelerator
+        warnings.warn(
+            f"numba is installed but its packed-graph builder failed ({exc!r}); "
+            "building packed graphs with tensor ops instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 def load_numba_builder(device: torch.device, dtype: torch.dtype = torch.float32) -> None:

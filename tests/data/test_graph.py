@@ -281,3 +281,25 @@ def test_load_numba_builder_loads_it_only_where_it_applies() -> None:
     command = [sys.executable, "-c", script]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_a_failing_numba_builder_warns_and_falls_back_to_tensor_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba installed but unable to compile or cache (a read-only install, say): the default
+    warns once and builds with tensor ops; numba=True still raises."""
+    import llm4sbr.data.graph as graph_module
+    import llm4sbr.data.graph_numba as graph_numba
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("cannot cache function: no locator available")
+
+    item_seq, item_seq_len = pad_batch([[3, 5, 3], [4]])
+    monkeypatch.setattr(graph_numba, "build_packed_batch_graph_numba", broken)
+    graph_module._numba_ready.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no locator available"):
+            built = build_packed_batch_graph(item_seq, item_seq_len)
+        assert_same_packed_batch(built, build_packed_batch_graph(item_seq, item_seq_len, numba=False))
+        with pytest.raises(RuntimeError, match="no locator"):
+            build_packed_batch_graph(item_seq, item_seq_len, numba=True)
+    finally:
+        graph_module._numba_ready.cache_clear()
