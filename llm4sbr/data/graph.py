@@ -226,13 +226,13 @@ def build_packed_batch_graph(
     float32 or float64), which gives the same tensors bit for bit in a fraction of the time of
     the tensor ops (a few dozen small ops per batch); False: with tensor ops, on any device; None
     (default): numba where it can run and is installed (if it is installed but fails to compile
-    or load, a RuntimeWarning once, then tensor ops). The numba builder also rejects the padding
-    item 0 among a session's clicks.
+    or load, a RuntimeWarning once, then tensor ops). The numba builder also rejects clicked item
+    ids <= 0 (0 is padding).
     """
-    _check_packed_batch(item_seq, item_seq_len)
     if use_numba_builder(item_seq.device, dtype, numba):
+        _check_packed_batch(item_seq, item_seq_len)
         return _build_packed_batch_graph_numba(item_seq, item_seq_len, dtype)
-    graph = build_packed_session_graph(item_seq, item_seq_len, dtype)
+    graph = build_packed_session_graph(item_seq, item_seq_len, dtype)  # checks the batch too
     items, item_of_node = torch.unique(graph.nodes, return_inverse=True)
     step = packed_step_matrices(graph, item_of_node, items.shape[0], dtype, numba=False)
     return PackedBatchGraph(graph, items, item_of_node, step)
@@ -261,8 +261,8 @@ def packed_step_matrices(
 
 def use_numba_builder(device: torch.device, dtype: torch.dtype, numba: bool | None) -> bool:
     """Resolve a ``numba`` choice (see :func:`build_packed_batch_graph`) for ``device`` and
-    ``dtype``: None -> whether numba applies and is installed; True where it does not apply ->
-    ValueError."""
+    ``dtype``: None -> whether numba applies, is installed and works; True where it does not
+    apply -> ValueError."""
     applies = torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
     if numba is None:
         return applies and _numba_ready()

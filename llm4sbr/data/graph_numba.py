@@ -103,14 +103,14 @@ def _fill_packed_graph(
     dst: np.ndarray,
 ) -> tuple[int, int]:
     """Fill the packed graph's node and edge arrays (sized for the worst case) -> (T, E), or
-    (-1, b) when session b holds the padding item 0 among its clicks."""
+    (-1, b) when session b clicks an item id <= 0 (0 is padding)."""
     n_nodes = 0
     n_edges = 0
     for b in range(item_seq.shape[0]):
         length = item_seq_len[b]
         clicked = item_seq[b, :length]
         ordered = np.sort(clicked)
-        if ordered[0] == 0:
+        if ordered[0] <= 0:
             return -1, b
         first = n_nodes
         for i in range(length):
@@ -227,7 +227,7 @@ def build_packed_batch_graph_numba(item_seq: np.ndarray, item_seq_len: np.ndarra
     by field name (``graph.PackedSessionGraph``'s fields, ``items``, ``item_of_node``, and
     ``step`` and ``step_t``, each (crow, col, values)); weights and values in ``dtype``
     (float32 or float64). item_seq [B, L] integer item ids; item_seq_len [B], each in 1..L;
-    no item among a session's clicks may be 0 (padding)."""
+    every clicked item id must be >= 1 (0 is padding)."""
     item_seq = np.ascontiguousarray(item_seq, dtype=np.int64)
     item_seq_len = np.ascontiguousarray(item_seq_len, dtype=np.int64)
     dtype = np.dtype(dtype)
@@ -241,7 +241,7 @@ def build_packed_batch_graph_numba(item_seq: np.ndarray, item_seq_len: np.ndarra
     dst = np.empty_like(src)
     n_nodes, n_edges = _fill_packed_graph(item_seq, item_seq_len, nodes, session, clicks, last, src, dst)
     if n_nodes < 0:
-        raise ValueError(f"session {n_edges} clicks the padding item 0 within its length")
+        raise ValueError(f"session {n_edges} clicks an item id <= 0 within its length (0 is padding)")
     nodes, session, clicks = nodes[:n_nodes], session[:n_nodes], clicks[:n_nodes]
     src, dst = src[:n_edges], dst[:n_edges]
     in_weight = (1.0 / np.bincount(dst, minlength=n_nodes)[dst]).astype(dtype)

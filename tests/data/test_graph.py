@@ -258,8 +258,9 @@ def test_packed_batch_graph_builder_choice_and_bad_input() -> None:
     )
     with pytest.raises(ValueError, match="float32 or float64"):
         build_packed_batch_graph(item_seq, item_seq_len, torch.bfloat16, numba=True)
-    with pytest.raises(ValueError, match="session 1 clicks the padding item 0"):
-        build_packed_batch_graph(*pad_batch([[3, 5], [4, 0, 2]]), numba=True)
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=r"session 1 clicks an item id <= 0"):
+            build_packed_batch_graph(*pad_batch([[3, 5], [4, bad, 2]]), numba=True)
     for numba in (True, False):
         with pytest.raises(ValueError, match="item_seq_len"):
             build_packed_batch_graph(item_seq, torch.tensor([3, 0]), numba=numba)
