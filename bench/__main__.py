@@ -18,7 +18,7 @@ from llm4sbr.data import PRESETS
 
 from .harness import PROVIDERS, SHAPES, SUITES, BenchOptions, run_benchmarks
 from .llm import RANDOM_LLM_CONFIGS
-from .report import render_tables
+from .report import evaluate_targets, render_tables
 from .scale import SCALE_SIZES
 
 
@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
-        "--tables", metavar="RESULTS_DIR", help="only print the markdown tables of a results folder"
+        "--tables",
+        metavar="RESULTS_DIR",
+        help="only print the markdown tables of a results folder (targets judged by this code)",
     )
     return parser
 
@@ -116,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.tables:
-        print(render_tables(json.loads((Path(args.tables) / "results.json").read_text())), end="")
+        results = json.loads((Path(args.tables) / "results.json").read_text())
+        results["targets"] = evaluate_targets(results.get("suites", {}))  # as today's code judges them
+        print(render_tables(results), end="")
         return 0
     options = BenchOptions(
         device=args.device, shapes=tuple(args.shapes), providers=tuple(args.providers), rounds=args.rounds,

@@ -157,7 +157,8 @@ from llm4sbr.config import TrainConfig
 from llm4sbr.data import load_dataset
 from llm4sbr.training import train
 
-path, preset, threads, n_samples = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+path, preset, device = sys.argv[1], sys.argv[2], sys.argv[5]
+threads, n_samples = int(sys.argv[3]), int(sys.argv[4])
 dataset = load_dataset(path, preset)
 rng = np.random.default_rng(0)
 train_set = dataset.splits["train"]
@@ -165,16 +166,18 @@ picked = {"train": rng.permutation(len(train_set))[:n_samples]}
 for split in ("valid", "test"):
     picked[split] = np.arange(min(len(dataset.splits[split]), 500))
 part = dataclasses.replace(dataset, splits={k: dataset.splits[k].subset(v) for k, v in picked.items()})
-config = TrainConfig(data=path, preset=preset, model="srgnn", epochs=1, threads=threads, device="cpu")
+config = TrainConfig(data=path, preset=preset, model="srgnn", epochs=1, threads=threads, device=device)
 with tempfile.TemporaryDirectory() as out:
     result = train(config, out, dataset=part, progress=False)
 print(json.dumps({
     "seconds": result.epoch_seconds[0], "measured_samples": len(picked["train"]),
     "train_samples": len(train_set), "items": dataset.n_items, "threads": torch.get_num_threads(),
+    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
 }))
 """
 """The training child: one epoch of our SRGNN (defaults: d = 100, batch 100) on a random
-``n_samples`` of the log's training samples (evaluation on 500 samples, not timed)."""
+``n_samples`` of the log's training samples on ``device`` (cpu or cuda; evaluation on 500
+samples, not timed)."""
 
 
 def _child_env(checkout: str | None) -> dict[str, str]:
@@ -185,11 +188,16 @@ def _child_env(checkout: str | None) -> dict[str, str]:
 
 
 def measure_training(
-    path: str | os.PathLike, preset: str, threads: int, n_samples: int, checkout: str | None = None
+    path: str | os.PathLike,
+    preset: str,
+    threads: int,
+    n_samples: int,
+    checkout: str | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Training samples/s of our SRGNN on the log at ``threads`` torch threads, in a fresh
-    interpreter that imports llm4sbr from ``checkout`` (default: this repository), and the full
-    epoch's seconds at that rate; or ``{"error": ...}``."""
+    """Training samples/s of our SRGNN on the log on ``device`` (cpu or cuda) at ``threads`` torch
+    threads, in a fresh interpreter that imports llm4sbr from ``checkout`` (default: this
+    repository), and the full epoch's seconds at that rate; or ``{"error": ...}``."""
     env = _child_env(checkout)
     command = [
         sys.executable,
@@ -199,6 +207,7 @@ def measure_training(
         preset,
         str(threads),
         str(n_samples),
+        device,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd="/")
     lines = done.stdout.strip().splitlines()
@@ -245,8 +254,8 @@ def run_scale(options: BenchOptions, device: torch.device) -> list[dict[str, Any
     ``load_dataset(log, options.scale_preset)`` ``options.scale_repeats`` times per side (this
     checkout, and ``options.scale_other`` first when given), then train one epoch on a sample
     of it ``options.scale_repeats`` times at each of ``options.scale_train_threads``, the sides
-    alternating in the same order; each in a fresh process. The device is not used: loading
-    and training run on the CPU."""
+    alternating in the same order; each in a fresh process. Loading runs on the CPU, training on
+    ``device``."""
     sides = [("other", options.scale_other)] if options.scale_other else []
     sides.append(("this", None))
     records = []
@@ -276,7 +285,12 @@ def run_scale(options: BenchOptions, device: torch.device) -> list[dict[str, Any
                     }  # fmt: skip
                     record.update(
                         measure_training(
-                            path, options.scale_preset, threads, options.scale_train_samples, checkout
+                            path,
+                            options.scale_preset,
+                            threads,
+                            options.scale_train_samples,
+                            checkout,
+                            device.type,
                         )
                     )
                     records.append(record)

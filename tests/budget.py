@@ -6,10 +6,15 @@ import torch
 
 
 def assert_within_budget(
-    name: str, kernel: torch.Tensor, ref32: torch.Tensor, ref64: torch.Tensor, atol: float = 1e-5
+    name: str,
+    kernel: torch.Tensor,
+    ref32: torch.Tensor,
+    ref64: torch.Tensor,
+    atol: float | torch.Tensor = 1e-5,
 ) -> None:
     """Fail, naming the worst element, if ``kernel`` misses the float64 reference by more than
-    twice the float32 reference's own error plus ``atol``."""
+    twice the float32 reference's own error plus ``atol`` (a number, or a tensor of per-element
+    slack broadcast against the outputs)."""
     assert kernel.shape == ref64.shape, f"{name}: shape {tuple(kernel.shape)} != {tuple(ref64.shape)}"
     k = kernel.detach().double()
     r32 = ref32.detach().double()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench.harness import BenchOptions, importable_checkout, run_benchmarks
-from bench.report import render_tables
+from bench.report import evaluate_targets, render_tables
 from bench.scale import make_log, measure_load
 from llm4sbr.data import load_dataset, read_csv_interactions
 
@@ -71,6 +71,28 @@ def test_scale_suite_writes_records_tables_and_targets(tmp_path) -> None:
     assert statuses["scale M: SRGNN training epoch <= 10 min at 2 threads (fp32)"] == "not measured"
     assert "### Loading at scale" in render_tables(saved)
     assert (tmp_path / "out" / "scale.csv").is_file()
+
+
+def test_scale_targets_judge_cpu_and_gpu_epochs_apart() -> None:
+    # A GPU record must not stand in for the 2-thread CPU target, and is judged against RecBole's
+    # published GPU epoch instead.
+    def trained(device: str, threads: int, epoch_s: float) -> dict:
+        return {
+            "op": "train", "log": "M", "side": "this", "device": device, "threads": threads,
+            "epoch_estimate_s": epoch_s, "samples_per_s": 2e6 / epoch_s,
+            "measured_samples": 1000, "train_samples": 2_000_000,
+        }  # fmt: skip
+
+    def statuses(records: list[dict]) -> dict[str, str]:
+        return {t["target"]: t["status"] for t in evaluate_targets({"scale": {"records": records}})}
+
+    cpu_target = "scale M: SRGNN training epoch <= 10 min at 2 threads (fp32)"
+    gpu_target = "scale M: SRGNN epoch on a GPU <= RecBole's published 88.6 s (Diginetica, TITAN RTX)"
+    only_gpu = statuses([trained("NVIDIA H200", 2, 80.0)])
+    assert only_gpu[cpu_target] == "not measured" and only_gpu[gpu_target] == "met"
+    both = statuses([trained("cpu", 2, 500.0), trained("NVIDIA H200", 4, 393.0)])
+    assert both[cpu_target] == "met" and both[gpu_target] == "missed"
+    assert gpu_target not in statuses([trained("cpu", 2, 700.0)])
 
 
 def test_another_checkout_imports_its_own_kernels(tmp_path) -> None:

@@ -84,16 +84,27 @@ def _assert_matches_reference(
 ) -> None:
     """The Triton path on ``dtype`` inputs (x, z cast to it) vs the reference on them and on their
     float64 values, within the budget: ``atol`` for float32, BF16_REL times the largest
-    magnitude for bfloat16."""
+    magnitude for bfloat16; plus the conditioning slack of :func:`_temperature_slack`."""
     x, z = x.to(dtype), z.to(dtype)
     kernel = _loss_and_grads(_triton_loss, x, z, grad_out, **kwargs)
     ref_low = _loss_and_grads(align_uniform_loss_ref, x, z, grad_out, **kwargs)
     ref64 = _loss_and_grads(align_uniform_loss_ref, x.double(), z.double(), grad_out, **kwargs)
+    t = float(kwargs.get("t", 2.0))
     for name, k, r_low, r64 in zip(("loss", "grad_x", "grad_z"), kernel, ref_low, ref64, strict=True):
         assert k.dtype == dtype, name
         if dtype != torch.float32:
             atol = BF16_REL * max(1.0, r64.abs().max().item())
-        assert_within_budget(name, k, r_low, r64, atol=atol)
+        assert_within_budget(name, k, r_low, r64, atol=atol + _temperature_slack(r64, t, dtype))
+
+
+def _temperature_slack(ref64: torch.Tensor, t: float, dtype: torch.dtype) -> torch.Tensor:
+    """Slack for the conditioning of exp(-t D_ij): D_ij = |u_i|^2 + |u_j|^2 - 2 u_i.u_j carries
+    rounding errors of about one ulp of 1 in any order of summation, and each moves every pair
+    weight, so every gradient element, by t times that relative to itself. Two ulps of 1 in D
+    are allowed (at t = 500 in float32, 1.2e-4 of the element). The float32 reference's own error
+    does not bound this: on a GPU, cuBLAS's Gram happened to round 5x better than the kernel's
+    tile order on the t = 500 case, on the CPU 1.2x worse."""
+    return 2 * t * torch.finfo(dtype).eps * ref64.detach().double().abs()
 
 
 @pytest.mark.parametrize("dtype", PRECISIONS)
@@ -123,10 +134,20 @@ def test_all_padding_and_tiny_rows_match_reference():
     z[2, :3] = 0.0
     x[2, 4] *= 1e-13
     kernel = _loss_and_grads(_triton_loss, x, z, grad_out=0.7)
+    ref32 = _loss_and_grads(align_uniform_loss_ref, x, z, grad_out=0.7)
     ref64 = _loss_and_grads(align_uniform_loss_ref, x.double(), z.double(), grad_out=0.7)
-    # Relative: at gradients of ~1e11 the budget's absolute slack is below one float32 ulp.
-    for name, k, r64 in zip(("loss", "grad_x", "grad_z"), kernel, ref64, strict=True):
-        torch.testing.assert_close(k.double(), r64, rtol=1e-5, atol=1e-5, msg=name)
+    # dL/dx = P(g) / max(|x|, eps): compared at the scale of g (each gradient row times
+    # max(|x|, eps), exact in float64), since at ~1e11 the budget's absolute slack is below one
+    # float32 ulp and the elementwise relative error of a row's small entries is ill-conditioned.
+    scales = [
+        torch.ones((), dtype=torch.float64, device=x.device),
+        x.double().norm(dim=-1, keepdim=True).clamp_min(1e-12),
+        z.double().norm(dim=-1, keepdim=True).clamp_min(1e-12),
+    ]
+    for name, k, r32, r64, scale in zip(
+        ("loss", "grad_x", "grad_z"), kernel, ref32, ref64, scales, strict=True
+    ):
+        assert_within_budget(name, k.double() * scale, r32.double() * scale, r64 * scale)
 
 
 def test_grad_output_scales_gradients():
