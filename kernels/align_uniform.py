@@ -27,6 +27,14 @@ reductions in the kernels or torch sums over per-row buffers: no atomics, so rep
 bit-identical. Accumulation is in float32 (float64 for float64 inputs); tl.dot runs with
 input_precision="ieee" because TF32 Gram tiles would put errors of ~1e-3 into D_ij.
 
+Torch path (CPU by default, and everywhere under ``use_backend("torch")``): the same algorithm
+in batched PyTorch ops (``_align_uniform_torch``): all 2V halves at once, the Gram matrices by
+one baddbmm, lse by one logsumexp over the masked pairs, the analytic gradient saved by the
+forward as on the Triton path. About 30 ops against the autograd graph of the reference's ~80
+(its triu gather, index_put backward and logsumexp), 2x faster at V = 2, B = d = 100 on 2
+CPU threads; extra memory O(V B^2). ``align_uniform_loss_ref`` stays the plain-autograd
+reference the tests compare both paths with.
+
 Inputs may be float16/bfloat16/float32/float64; the loss and the gradients come back in the
 input dtype. Limits: d <= 1024 on the Triton path (one tile spans a row). The scalars t, 2/(B V)
 and 1/(2V) are float32 kernel arguments when compiled for a GPU, so float64 results there
@@ -298,13 +306,57 @@ def _align_uniform_launch(
     return loss, grad
 
 
+def _align_uniform_torch(
+    x: torch.Tensor, z: torch.Tensor, t: float, reduce_views: str, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The torch path: x, z [V, B, d] -> (loss scalar in x.dtype, dL/d[x; z] [2, V, B, d] in
+    x.dtype or None), the Triton path's algorithm in about 30 batched ops on all 2V halves at
+    once, with the B x B pair matrices materialised ([2V, B, B])."""
+    V, B, _ = x.shape
+    acc_dtype = accumulator_dtype(x.dtype)
+    halves = torch.cat([x, z]).to(acc_dtype)  # [2V, B, d]: x views, then z views
+    norm = torch.linalg.vector_norm(halves, dim=-1, keepdim=True)
+    inv_norm = 1.0 / norm.clamp_min(NORM_EPS)
+    unit = halves * inv_norm
+    view_scale = 1.0 / V if reduce_views == "mean" else 1.0
+    diff = unit[:V] - unit[V:]
+    au = diff.square().sum(-1).mean(-1)  # [V] alignment
+    if B > 1:
+        sq = unit.square().sum(-1)
+        # D_ij before the clamp at 0, as the reference: |u_i|^2 + |u_j|^2 - 2 u_i.u_j.
+        raw_dist = torch.baddbmm(sq[:, :, None] + sq[:, None, :], unit, unit.transpose(1, 2), alpha=-2.0)
+        not_pair = torch.ones(B, B, dtype=torch.bool, device=x.device).tril_()  # j <= i
+        logits = raw_dist.clamp_min(0.0).mul_(-t).masked_fill_(not_pair, -math.inf)
+        lse = torch.logsumexp(logits.flatten(1), dim=-1)  # [2V]
+        unif = lse - math.log(B * (B - 1) / 2)
+        au = au + 0.5 * (unif[:V] + unif[V:])
+    loss = (au.sum() * view_scale).to(x.dtype)
+    if not need_grad:
+        return loss, None
+    grad_unit = torch.cat([diff, -diff]).mul_(2.0 / B * view_scale)
+    if B > 1:
+        # Pair weights w_ij = exp(-t D_ij - lse) of the pairs i < j, none where the clamp at 0
+        # was active (clamp_min's backward), mirrored so that row i sees its pairs on both sides.
+        weight = logits.sub_(lse[:, None, None]).exp_().masked_fill_(raw_dist < 0, 0.0)
+        weight = weight + weight.transpose(1, 2)
+        unif_grad = unit * weight.sum(-1, keepdim=True) - torch.bmm(weight, unit)
+        grad_unit.add_(unif_grad, alpha=-t * view_scale)  # -2t times unif_scale = view_scale / 2
+    radial = (unit * grad_unit).sum(-1, keepdim=True).mul_(norm >= NORM_EPS)
+    grad = (grad_unit - radial * unit).mul_(inv_norm)
+    return loss, grad.to(x.dtype).view(2, V, B, -1)
+
+
 class AlignUniformLossFunction(torch.autograd.Function):
-    """Triton forward that also writes dL/dx, dL/dz; backward scales them by grad_output."""
+    """Forward on the Triton or the torch path that also computes dL/dx, dL/dz; backward scales
+    them by grad_output."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, z: torch.Tensor, t: float, reduce_views: str) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, z: torch.Tensor, t: float, reduce_views: str, triton_path: bool
+    ) -> torch.Tensor:
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        loss, grad = _align_uniform_launch(x, z, t, reduce_views, need_grad)
+        launch = _align_uniform_launch if triton_path else _align_uniform_torch
+        loss, grad = launch(x, z, t, reduce_views, need_grad)
         if grad is not None:
             ctx.save_for_backward(grad)
         return loss
@@ -313,12 +365,12 @@ class AlignUniformLossFunction(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx, grad_output: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         (grad,) = ctx.saved_tensors
         scaled = grad * grad_output
         grad_x = scaled[0] if ctx.needs_input_grad[0] else None
         grad_z = scaled[1] if ctx.needs_input_grad[1] else None
-        return grad_x, grad_z, None, None
+        return grad_x, grad_z, None, None, None
 
 
 def _uniformity_ref(u: torch.Tensor, t: float) -> torch.Tensor:
@@ -358,10 +410,11 @@ def _check_inputs(x, z, t, reduce_views):
 def align_uniform_loss(
     x: torch.Tensor, z: torch.Tensor, t: float = 2.0, reduce_views: str = "mean"
 ) -> torch.Tensor:
-    """Alignment + uniformity loss. x, z [V, B, d] behaviour and text views -> scalar."""
+    """Alignment + uniformity loss. x, z [V, B, d] behaviour and text views -> scalar (first-order
+    gradients only: the backward is the saved analytic gradient)."""
     _check_inputs(x, z, t, reduce_views)
-    if use_triton(x.device, "align_uniform_loss"):
-        if torch.is_grad_enabled() and (x.requires_grad or z.requires_grad):
-            return AlignUniformLossFunction.apply(x, z, t, reduce_views)
-        return _align_uniform_launch(x, z, t, reduce_views, need_grad=False)[0]
-    return align_uniform_loss_ref(x, z, t, reduce_views)
+    triton_path = use_triton(x.device, "align_uniform_loss")
+    if torch.is_grad_enabled() and (x.requires_grad or z.requires_grad):
+        return AlignUniformLossFunction.apply(x, z, t, reduce_views, triton_path)
+    launch = _align_uniform_launch if triton_path else _align_uniform_torch
+    return launch(x, z, t, reduce_views, need_grad=False)[0]

@@ -61,6 +61,16 @@ def _triton_loss(
         return align_uniform_loss(x, z, t, reduce_views)
 
 
+def _torch_loss(x: torch.Tensor, z: torch.Tensor, t: float = 2.0, reduce_views: str = "mean") -> torch.Tensor:
+    with use_backend("torch"):
+        return align_uniform_loss(x, z, t, reduce_views)
+
+
+# The two paths of align_uniform_loss (the reference is what both are compared with).
+PATHS = {"triton": _triton_loss, "torch": _torch_loss}
+LAUNCHERS = {"triton": "_align_uniform_launch", "torch": "_align_uniform_torch"}
+
+
 def _loss_and_grads(
     loss_fn: Callable[..., torch.Tensor], x: torch.Tensor, z: torch.Tensor, grad_out: float, **kwargs: object
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,13 +90,14 @@ def _assert_matches_reference(
     grad_out: float,
     atol: float = 1e-5,
     dtype: torch.dtype = torch.float32,
+    path: str = "triton",
     **kwargs: object,
 ) -> None:
-    """The Triton path on ``dtype`` inputs (x, z cast to it) vs the reference on them and on their
-    float64 values, within the budget: ``atol`` for float32, BF16_REL times the largest
+    """The ``path`` of align_uniform_loss on ``dtype`` inputs (x, z cast to it) vs the reference
+    on them and on their float64 values, within the budget: ``atol`` for float32, BF16_REL times the largest
     magnitude for bfloat16; plus the conditioning slack of :func:`_temperature_slack`."""
     x, z = x.to(dtype), z.to(dtype)
-    kernel = _loss_and_grads(_triton_loss, x, z, grad_out, **kwargs)
+    kernel = _loss_and_grads(PATHS[path], x, z, grad_out, **kwargs)
     ref_low = _loss_and_grads(align_uniform_loss_ref, x, z, grad_out, **kwargs)
     ref64 = _loss_and_grads(align_uniform_loss_ref, x.double(), z.double(), grad_out, **kwargs)
     t = float(kwargs.get("t", 2.0))
@@ -107,24 +118,27 @@ def _temperature_slack(ref64: torch.Tensor, t: float, dtype: torch.dtype) -> tor
     return 2 * t * torch.finfo(dtype).eps * ref64.detach().double().abs()
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", PRECISIONS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "V{}-B{}-d{}".format(*s))
 @pytest.mark.parametrize("reduce_views", ["mean", "sum"])
-def test_forward_and_grads_within_budget(shape, reduce_views, dtype):
+def test_forward_and_grads_within_budget(shape, reduce_views, dtype, path):
     x, z = _inputs(shape, seed=sum(shape))
     grad_out = float(torch.randn((), generator=torch.Generator().manual_seed(7)))
-    _assert_matches_reference(x, z, grad_out, dtype=dtype, reduce_views=reduce_views)
+    _assert_matches_reference(x, z, grad_out, dtype=dtype, path=path, reduce_views=reduce_views)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", PRECISIONS)
 @pytest.mark.parametrize("t", [0.3, 7.0, 500.0])
-def test_temperatures_within_budget(t, dtype):
+def test_temperatures_within_budget(t, dtype, path):
     # t = 500 puts every exp(-t D) far below float32's range: only the max-shifted sums survive.
     x, z = _inputs((2, 19, 7), seed=3)
-    _assert_matches_reference(x, z, grad_out=-1.3, dtype=dtype, t=t)
+    _assert_matches_reference(x, z, grad_out=-1.3, dtype=dtype, path=path, t=t)
 
 
-def test_all_padding_and_tiny_rows_match_reference():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_all_padding_and_tiny_rows_match_reference(path):
     # Rows with norm below F.normalize's eps = 1e-12 (zero padding, tiny rows) are divided by eps,
     # with no gradient through the clamped norm, and get gradients of order 1/eps.
     x, z = _inputs((3, 7, 7), seed=11)
@@ -133,7 +147,7 @@ def test_all_padding_and_tiny_rows_match_reference():
     x[1] = 0.0
     z[2, :3] = 0.0
     x[2, 4] *= 1e-13
-    kernel = _loss_and_grads(_triton_loss, x, z, grad_out=0.7)
+    kernel = _loss_and_grads(PATHS[path], x, z, grad_out=0.7)
     ref32 = _loss_and_grads(align_uniform_loss_ref, x, z, grad_out=0.7)
     ref64 = _loss_and_grads(align_uniform_loss_ref, x.double(), z.double(), grad_out=0.7)
     # dL/dx = P(g) / max(|x|, eps): compared at the scale of g (each gradient row times
@@ -150,11 +164,12 @@ def test_all_padding_and_tiny_rows_match_reference():
         assert_within_budget(name, k.double() * scale, r32.double() * scale, r64 * scale)
 
 
-def test_grad_output_scales_gradients():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_grad_output_scales_gradients(path):
     x, z = _inputs((2, 7, 7), seed=5)
     x.requires_grad_()
     z.requires_grad_()
-    (_triton_loss(x, z) * 3.7).backward()
+    (PATHS[path](x, z) * 3.7).backward()
     x64 = x.detach().double().requires_grad_()
     z64 = z.detach().double().requires_grad_()
     (align_uniform_loss_ref(x64, z64) * 3.7).backward()
@@ -162,40 +177,43 @@ def test_grad_output_scales_gradients():
     torch.testing.assert_close(z.grad.double(), z64.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_only_inputs_that_require_grad_get_one():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_only_inputs_that_require_grad_get_one(path):
     x, z = _inputs((1, 7, 7), seed=6)
     x.requires_grad_()
-    _triton_loss(x, z).backward()
+    PATHS[path](x, z).backward()
     assert x.grad is not None and z.grad is None
     x64 = x.detach().double().requires_grad_()
     align_uniform_loss_ref(x64, z.double()).backward()
     torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_no_grad_skips_the_gradient_pass(monkeypatch):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_no_grad_skips_the_gradient_pass(monkeypatch, path):
     x, z = _inputs((2, 7, 7), seed=8)
     x.requires_grad_()
     with torch.no_grad():
         expected = align_uniform_loss_ref(x, z)
     seen = []
-    launch = au._align_uniform_launch
+    launch = getattr(au, LAUNCHERS[path])
 
     def spy(*args, need_grad):
         seen.append(need_grad)
         return launch(*args, need_grad=need_grad)
 
-    monkeypatch.setattr(au, "_align_uniform_launch", spy)
+    monkeypatch.setattr(au, LAUNCHERS[path], spy)
     with torch.no_grad():
-        loss = _triton_loss(x, z)
+        loss = PATHS[path](x, z)
     assert seen == [False]
     assert not loss.requires_grad
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_inputs(dtype):
+def test_half_precision_inputs(dtype, path):
     x, z = _inputs((2, 7, 7), seed=9, dtype=dtype)
-    loss, grad_x, grad_z = _loss_and_grads(_triton_loss, x, z, grad_out=1.0)
+    loss, grad_x, grad_z = _loss_and_grads(PATHS[path], x, z, grad_out=1.0)
     ref = _loss_and_grads(align_uniform_loss_ref, x.double(), z.double(), grad_out=1.0)
     assert loss.dtype == grad_x.dtype == grad_z.dtype == dtype
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
@@ -222,10 +240,11 @@ def test_gradcheck_triton_float64(shape, fast_mode):
     )
 
 
-def test_repeated_runs_are_bit_identical():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_repeated_runs_are_bit_identical(path):
     x, z = _inputs((2, 50, 7), seed=14)
-    first = _loss_and_grads(_triton_loss, x, z, grad_out=0.9)
-    second = _loss_and_grads(_triton_loss, x, z, grad_out=0.9)
+    first = _loss_and_grads(PATHS[path], x, z, grad_out=0.9)
+    second = _loss_and_grads(PATHS[path], x, z, grad_out=0.9)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
 
@@ -238,14 +257,16 @@ def test_functional_api_function_and_reference_agree():
             return K.align_uniform_loss(a, b, 2.0, "sum")
 
     via_api = _loss_and_grads(functional, x, z, grad_out=1.0)
-    via_apply = _loss_and_grads(lambda a, b: au.AlignUniformLossFunction.apply(a, b, 2.0, "sum"), x, z, 1.0)
+    via_apply = _loss_and_grads(
+        lambda a, b: au.AlignUniformLossFunction.apply(a, b, 2.0, "sum", True), x, z, 1.0
+    )
     via_ref = _loss_and_grads(lambda a, b: align_uniform_loss_ref(a, b, 2.0, "sum"), x, z, 1.0)
     for api, applied, ref in zip(via_api, via_apply, via_ref, strict=True):
         assert torch.equal(api, applied)
         torch.testing.assert_close(api, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_torch_backend_runs_the_reference(monkeypatch):
+def test_torch_backend_runs_the_torch_path(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the Triton launcher ran under use_backend('torch')")
 
@@ -254,9 +275,17 @@ def test_torch_backend_runs_the_reference(monkeypatch):
     x.requires_grad_()
     with use_backend("torch"):
         loss = align_uniform_loss(x, z)
-    assert torch.equal(loss, align_uniform_loss_ref(x, z))
+    assert loss.grad_fn is not None and "AlignUniformLossFunction" in type(loss.grad_fn).__name__
+    torch.testing.assert_close(loss, align_uniform_loss_ref(x, z), rtol=1e-5, atol=1e-6)
     loss.backward()
     assert x.grad is not None
+
+
+def test_gradcheck_torch_path_float64():
+    x, z = _inputs((2, 5, 3), seed=17, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda a, b: _torch_loss(a, b, 1.5, "sum"), (x.requires_grad_(), z.requires_grad_())
+    )
 
 
 def _rows(max_b: int = 9) -> st.SearchStrategy[tuple[int, int, int, int]]:
@@ -291,24 +320,26 @@ def test_property_single_row_is_alignment_only(V, d, seed):
     torch.testing.assert_close(_triton_loss(x, z).double(), align, rtol=1e-5, atol=1e-6)
 
 
-@given(_rows())
-def test_property_swapping_x_and_z(case):
+@pytest.mark.parametrize("path", list(PATHS))
+@given(case=_rows())
+def test_property_swapping_x_and_z(case, path):
     V, B, d, seed = case
     x, z = _inputs((V, B, d), seed)
-    loss, grad_x, grad_z = _loss_and_grads(_triton_loss, x, z, grad_out=1.0)
-    loss_swapped, grad_z_swapped, grad_x_swapped = _loss_and_grads(_triton_loss, z, x, grad_out=1.0)
+    loss, grad_x, grad_z = _loss_and_grads(PATHS[path], x, z, grad_out=1.0)
+    loss_swapped, grad_z_swapped, grad_x_swapped = _loss_and_grads(PATHS[path], z, x, grad_out=1.0)
     torch.testing.assert_close(loss_swapped, loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_x_swapped, grad_x, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grad_z_swapped, grad_z, rtol=1e-4, atol=1e-6)
 
 
-@given(_rows(max_b=70))
-def test_property_permuting_rows_together(case):
+@pytest.mark.parametrize("path", list(PATHS))
+@given(case=_rows(max_b=70))
+def test_property_permuting_rows_together(case, path):
     V, B, d, seed = case
     x, z = _inputs((V, B, d), seed)
     perm = to_device(torch.randperm(B, generator=torch.Generator().manual_seed(seed)))
-    loss, grad_x, grad_z = _loss_and_grads(_triton_loss, x, z, grad_out=1.0)
-    loss_p, grad_x_p, grad_z_p = _loss_and_grads(_triton_loss, x[:, perm], z[:, perm], grad_out=1.0)
+    loss, grad_x, grad_z = _loss_and_grads(PATHS[path], x, z, grad_out=1.0)
+    loss_p, grad_x_p, grad_z_p = _loss_and_grads(PATHS[path], x[:, perm], z[:, perm], grad_out=1.0)
     torch.testing.assert_close(loss_p, loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_x_p, grad_x[:, perm], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grad_z_p, grad_z[:, perm], rtol=1e-4, atol=1e-6)
