@@ -143,9 +143,12 @@ def sparse_csr(
     crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
 ) -> torch.Tensor:
     """A sparse CSR matrix of ``shape`` from its parts (crow [rows + 1], col and values [nnz]),
-    without invariant checks (a host sync each) and without torch's beta warning."""
+    without invariant checks (a host sync each) and without torch's beta warning, nor the
+    "invariant checks are implicitly disabled" one that torch 2.11 (seen with its CUDA 13 build)
+    gives even for an explicit ``check_invariants=False``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 

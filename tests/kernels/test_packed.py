@@ -14,6 +14,7 @@ Everything runs on the test device (LLM4SBR_TEST_DEVICE), the graph builders inc
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ from llm4sbr.kernels import (
     gnn_step_ref,
     packed_step_matrix,
 )
-from llm4sbr.kernels.packed import csr_times_dense
+from llm4sbr.kernels.packed import csr_times_dense, sparse_csr
 
 PARAM_NAMES = (
     "edge_in_w",
@@ -218,6 +219,17 @@ def test_step_matrix_layout() -> None:
         crow, col = matrix.crow_indices(), matrix.col_indices()
         for row in range(matrix.shape[0]):
             assert bool((col[crow[row] : crow[row + 1]].diff() > 0).all())
+
+
+def test_sparse_csr_builds_without_warnings() -> None:
+    # torch warns on every CSR construction (beta state; torch 2.11 also "invariant checks are
+    # implicitly disabled" despite check_invariants=False): once per step would flood a log.
+    crow, col = to_device(torch.tensor([0, 1, 2])), to_device(torch.tensor([1, 0]))
+    values = to_device(torch.tensor([2.0, 3.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        matrix = sparse_csr(crow, col, values, (2, 2))
+    assert torch.equal(matrix.to_dense().cpu(), torch.tensor([[0.0, 2.0], [3.0, 0.0]]))
 
 
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
