@@ -35,7 +35,7 @@ import torch
 
 SUITES = ("kernels", "train", "serve", "llm", "scale")
 """Suite names; suite ``s`` is ``run_<s>(options, device)`` in ``bench/<s>.py``."""
-KERNELS = ("gnn_step", "attn_pool", "align_uniform_loss")
+KERNELS = ("gnn_step", "attn_pool", "align_uniform_loss", "linear_cross_entropy")
 PROVIDERS = ("triton", "torch", "compile")
 MODES = ("forward", "backward", "full")
 

@@ -1,4 +1,5 @@
-"""The ``kernels`` suite: gnn_step, attn_pool and align_uniform_loss per provider, mode and shape.
+"""The ``kernels`` suite: gnn_step, attn_pool, align_uniform_loss and linear_cross_entropy (the
+scoring head against a :data:`SCORING_ITEMS`-item catalog) per provider, mode and shape.
 
 Providers: ``triton`` (CUDA only), ``torch`` (the op's ``_ref``, what runs where Triton cannot)
 and ``compile`` (``torch.compile`` of the ref). Modes: ``forward`` (the training forward: inputs
@@ -26,6 +27,10 @@ from .harness import (
     progress,
     synchronize,
 )
+
+SCORING_ITEMS = 43_000
+"""Catalog of the linear_cross_entropy cases: the M-sized log's (Diginetica's), where the scoring
+head is most of a training step."""
 
 
 def provider_skip_reason(provider: str, device: torch.device) -> str | None:
@@ -96,7 +101,8 @@ def kernel_inputs(
     """Positional and keyword arguments of one call of ``kernel`` at ``shape`` (float32; the
     float inputs that carry gradients in training require grad). gnn_step gets real session
     graphs (N = the largest distinct count, at most L), attn_pool real masks, align_uniform_loss
-    two views of [B, d]."""
+    two views of [B, d], linear_cross_entropy B session vectors [B, d] against an item table
+    [SCORING_ITEMS, d] (L unused)."""
     from llm4sbr.data.graph import build_session_graph
 
     g = torch.Generator().manual_seed(seed)
@@ -122,6 +128,9 @@ def kernel_inputs(
         return [state(B, L, d), mask, state(B, d), param(d, d), param(d), param(d)], {"normalize": "none"}
     if kernel == "align_uniform_loss":
         return [state(2, B, d), state(2, B, d)], {"t": 2.0, "reduce_views": "mean"}
+    if kernel == "linear_cross_entropy":
+        target = torch.randint(0, SCORING_ITEMS, (B,), generator=g).to(device)
+        return [state(B, d), param(SCORING_ITEMS, d), target], {}
     raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
 
 

@@ -34,7 +34,7 @@ def test_smoke_run_writes_every_output(tmp_path) -> None:
     assert saved["suites"]["kernels"]["environment"]["device_name"]
 
     kernels = saved["suites"]["kernels"]["records"]
-    assert len(kernels) == 3 * 3 * 2  # kernels x modes x (triton, torch)
+    assert len(kernels) == 4 * 3 * 2  # kernels x modes x (triton, torch)
     for r in kernels:
         if r["provider"] == "torch":
             assert 0 < r["p20_ms"] <= r["p50_ms"] <= r["p80_ms"] <= r["p99_ms"] and r["peak_mib"] >= 0
@@ -77,7 +77,7 @@ def test_cpu_peak_memory_counts_only_what_the_call_allocates() -> None:
 
 @pytest.mark.parametrize("mode", ["forward", "backward", "full"])
 def test_kernel_cases_run_each_mode_of_the_reference(mode: str) -> None:
-    for kernel in ("gnn_step", "attn_pool", "align_uniform_loss"):
+    for kernel in ("gnn_step", "attn_pool", "align_uniform_loss", "linear_cross_entropy"):
         case = kernel_case(kernel, "torch", mode, Shape(2, 3, 4), torch.device("cpu"))
         for _ in range(2):  # a backward case gets a fresh forward from its setup each time
             case.run(*(case.setup() if case.setup else ()))
