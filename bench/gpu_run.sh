@@ -7,11 +7,13 @@
 # Stages, in priority order; a stage that would not finish inside what is left of the budget
 # (GPU_RUN_BUDGET_S, default 570 s) is cut at the budget and the later ones are skipped, so a
 # short lease still brings back the most important results:
-#   kernel-tests.txt   tests/kernels on CUDA tensors, float32 and bfloat16, the Triton paths
-#                      compiled for this GPU (not interpreted); a failure is recorded and the
-#                      benchmarks still run (their rows then describe kernels that failed a check)
-#   results.json ...   python -m bench: kernels (small, train, large; Triton against PyTorch), scale (the M-sized log's
-#                      SRGNN training on this GPU), train (ml-100k epochs), serve
+#   kernel-tests.txt   tests/kernels on CUDA tensors (8 pytest-xdist workers where xdist is
+#                      installed), float32 and bfloat16, the Triton paths compiled for this GPU
+#                      (not interpreted); a failure is recorded and the benchmarks still run
+#                      (their rows then describe kernels that failed a check)
+#   results.json ...   python -m bench: kernels (small, train, large; Triton against PyTorch),
+#                      scale (the M-sized log's SRGNN training on this GPU), train (ml-100k
+#                      epochs), serve
 #   pytest-bench.json  pytest bench --benchmark-only at the large shape
 #   llm                random-weight SmolLM2-135M and 7B Qwen2-style generation, bf16 vs NF4
 #   env.txt, tables.md the device, driver and package versions; the tables of everything above
@@ -29,6 +31,7 @@ RESULTS="${1:-bench/results/gpu}"
 BUDGET="${GPU_RUN_BUDGET_S:-570}"
 ARCHIVE="${GPU_RUN_ARCHIVE:-}"
 mkdir -p "$RESULTS"
+: > "$RESULTS/stages.txt"
 export PYTHONUNBUFFERED=1
 
 pack() { [ -z "$ARCHIVE" ] || tar czf "$ARCHIVE" -C "$RESULTS" . ; }
@@ -74,8 +77,9 @@ cat "$RESULTS/env.txt"
 # TRITON_INTERPRET=0: tests/conftest.py defaults it to 1 (the CPU interpreter), and tests/kernels
 # refuses LLM4SBR_TEST_DEVICE=cuda under the interpreter (usage error, exit 4), as it does without
 # a GPU. The sm_90 compile tests are left out: they compile on the CPU, which the real launches do.
+WORKERS=$(python -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, where installed
 stage "kernel tests" 240 env LLM4SBR_TEST_DEVICE=cuda TRITON_INTERPRET=0 bash -o pipefail -c \
-    "python -m pytest tests/kernels -q -rfE -n 8 -p no:cacheprovider -k 'not compile_for_sm90' \
+    "python -m pytest tests/kernels -q -rfE $WORKERS -p no:cacheprovider -k 'not compile_for_sm90' \
      --durations=10 2>&1 | tee '$RESULTS/kernel-tests.txt'"
 
 stage "kernels" 100 python -m bench --suite kernels --shapes small train large --providers triton torch --rounds 20 --out "$RESULTS"
