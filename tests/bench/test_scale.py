@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bench.harness import BenchOptions, importable_checkout, run_benchmarks
+from bench.profile_train import main as profile_train_main
 from bench.report import evaluate_targets, render_tables
 from bench.scale import make_log, measure_load
 from llm4sbr.data import load_dataset, read_csv_interactions
@@ -130,3 +131,16 @@ def test_memory_bounds_reports_each_case(capsys):
         ("localize", "unbounded"),
     ]
     assert all(r["items"] == 300 and r["peak_above_setup_mib"] >= 0 for r in lines)
+
+
+def test_profile_train_reports_batch_time_and_top_ops(tmp_path, capsys) -> None:
+    out = tmp_path / "profile.txt"
+    args = ["--size", "tiny", "--samples", "150", "--device", "cpu", "--threads", "1"]
+    assert profile_train_main([*args, "--log-dir", str(tmp_path / "logs"), "--out", str(out)]) == 0
+    report = out.read_text()
+    assert report == capsys.readouterr().out
+    head, table = report.split("\n", 1)
+    assert "150 training samples, cpu, 1 threads" in head and "ms per batch of 100" in head
+    assert "Self CPU" in table and "aten::mm" in table
+    with pytest.raises(SystemExit):
+        profile_train_main(["--samples", "0"])
