@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .harness import environment
 from .scale import SCALE_SIZES, make_log
 
 
@@ -44,15 +45,18 @@ def profile_training(
     config = TrainConfig(data=str(path), model="srgnn", epochs=1, threads=threads, device=device)
     on_cuda = device == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    torch.set_num_threads(threads)
+    env = environment(torch.device(device))
     with tempfile.TemporaryDirectory() as out, profile(activities=activities) as prof:
         result = train(config, out, dataset=part, progress=False)
     batches = -(-len(picked["train"]) // config.batch_size)
     seconds = result.epoch_seconds[0]
-    where = torch.cuda.get_device_name() if on_cuda else f"cpu, {torch.get_num_threads()} threads"
     head = (
-        f"log {size} ({dataset.n_items} items), {len(picked['train'])} training samples, {where}: "
-        f"epoch {seconds:.2f} s under the profiler, {seconds / batches * 1e3:.2f} ms per batch of "
-        f"{config.batch_size}\n\n"
+        f"log {size} ({dataset.n_items} items), {len(picked['train'])} training samples, "
+        f"{env['device_name']}, {threads} threads: epoch {seconds:.2f} s under the profiler, "
+        f"{seconds / batches * 1e3:.2f} ms per batch of {config.batch_size}\n"
+        f"torch {env['torch']}, CUDA {env['cuda']}, llm4sbr {env['llm4sbr']}, "
+        f"load average {env['load_average']} at the start, {env['time_utc']}\n\n"
     )
     sort_by = "self_cuda_time_total" if on_cuda else "self_cpu_time_total"
     return head + prof.key_averages().table(sort_by=sort_by, row_limit=rows) + "\n"

@@ -40,7 +40,7 @@ input dtype. Limits: d <= 1024 on the Triton path (one tile spans a row). The sc
 and 1/(2V) are float32 kernel arguments when compiled for a GPU, so float64 results there
 carry a ~1e-7 relative error in those factors (the interpreter keeps them exact). Tested on the
 Triton CPU interpreter (TRITON_INTERPRET=1), and the same tests/kernels passed on an NVIDIA H200
-(triton 3.6.0, float32 and bfloat16; bench/results/nvidia-h200). At large t the gradients carry
+(triton 3.6.0, float32 and bfloat16; bench/results/cuda-nvidia-h200). At large t the gradients carry
 the conditioning of exp(-t D_ij): one float32 ulp of 1 in D_ij moves them by about t * 1.2e-7
 relative, whichever order the Gram tile sums in.
 """

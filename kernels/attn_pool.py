@@ -29,7 +29,7 @@ outputs and gradients are in the input dtype. The mask gets no gradient.
 Limits: one program holds a whole row of d (BLOCK_D = next power of two >= d), so register use
 grows with d; L is unbounded (tiled). Tested on CPU with the Triton interpreter
 (TRITON_INTERPRET=1; float16, bfloat16, float32, float64); the same tests passed on an NVIDIA
-H200 with LLM4SBR_TEST_DEVICE=cuda (triton 3.6.0, float32 and bfloat16; bench/results/nvidia-h200).
+H200 with LLM4SBR_TEST_DEVICE=cuda (triton 3.6.0, float32 and bfloat16; bench/results/cuda-nvidia-h200).
 Both kernels compile for sm_90 with triton 3.7.1
 and its ptxas for all four dtypes, without register spills at (L, d) = (50, 100) and (64, 256)
 (at most 168 registers for float32/bfloat16, 235 for float64; tests/kernels/test_attn_pool.py

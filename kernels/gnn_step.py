@@ -29,7 +29,7 @@ operands upcast to that dtype and input_precision="ieee" (no TF32). Outputs and 
 intermediates (x, gi, gh, e) are in the input dtype.
 Limits: node tiles cover up to 64 nodes and feature tiles up to 128 features per program; larger
 N or d loop over tiles. Tested on CPU under TRITON_INTERPRET=1 (fp32 and fp64) and on an NVIDIA
-H200 (triton 3.6.0, fp32 and bf16; bench/results/nvidia-h200); not yet tuned on a GPU: there the
+H200 (triton 3.6.0, fp32 and bf16; bench/results/cuda-nvidia-h200); not yet tuned on a GPU: there the
 large-shape backward is 1.5x slower than eager PyTorch.
 """
 

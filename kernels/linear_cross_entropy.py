@@ -63,7 +63,7 @@ n and d are unbounded (tiled), but dx and dW recompute the logits for each block
 gradient columns, so d > 128 costs extra recomputation.
 
 Tested on CPU (the PyTorch path, and the Triton interpreter in float16, bfloat16, float32 and
-float64) and on an NVIDIA H200 (triton 3.6.0, float32 and bfloat16; bench/results/nvidia-h200).
+float64) and on an NVIDIA H200 (triton 3.6.0, float32 and bfloat16; bench/results/cuda-nvidia-h200).
 The three kernels compile for sm_90 with triton 3.7.1 and its ptxas, without register spills
 for float32, bfloat16 and float64 at B=512, n=400k, d=100 (64 x 64 tiles, 8 warps); not yet
 tuned on a GPU.

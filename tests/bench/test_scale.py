@@ -139,8 +139,9 @@ def test_profile_train_reports_batch_time_and_top_ops(tmp_path, capsys) -> None:
     assert profile_train_main([*args, "--log-dir", str(tmp_path / "logs"), "--out", str(out)]) == 0
     report = out.read_text()
     assert report == capsys.readouterr().out
-    head, table = report.split("\n", 1)
-    assert "150 training samples, cpu, 1 threads" in head and "ms per batch of 100" in head
+    head, versions, table = report.split("\n", 2)
+    assert "150 training samples" in head and "1 threads" in head and "ms per batch of 100" in head
+    assert "logical cores" in head and "load average" in versions
     assert "Self CPU" in table and "aten::mm" in table
     with pytest.raises(SystemExit):
         profile_train_main(["--samples", "0"])
