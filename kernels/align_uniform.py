@@ -31,9 +31,8 @@ Torch path (CPU by default, and everywhere under ``use_backend("torch")``): the 
 in batched PyTorch ops (``_align_uniform_torch``): all 2V halves at once, the Gram matrices by
 one baddbmm, lse by one logsumexp over the masked pairs, the analytic gradient saved by the
 forward as on the Triton path. About 30 ops against the autograd graph of the reference's ~80
-(its triu gather, index_put backward and logsumexp), 2x faster at V = 2, B = d = 100 on 2
-CPU threads; extra memory O(V B^2). ``align_uniform_loss_ref`` stays the plain-autograd
-reference the tests compare both paths with.
+(its triu gather, index_put backward and logsumexp); extra memory O(V B^2).
+``align_uniform_loss_ref`` stays the plain-autograd reference the tests compare both paths with.
 
 Inputs may be float16/bfloat16/float32/float64; the loss and the gradients come back in the
 input dtype. Limits: d <= 1024 on the Triton path (one tile spans a row). The scalars t, 2/(B V)
