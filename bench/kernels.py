@@ -1,8 +1,10 @@
 """The ``kernels`` suite: gnn_step, attn_pool, align_uniform_loss and linear_cross_entropy (the
 scoring head against a :data:`SCORING_ITEMS`-item catalog) per provider, mode and shape.
 
-Providers: ``triton`` (CUDA only), ``torch`` (the op's ``_ref``, what runs where Triton cannot)
-and ``compile`` (``torch.compile`` of the ref). Modes: ``forward`` (the training forward: inputs
+Providers: ``triton`` (CUDA only), ``torch`` (the op's ``_ref``, eager PyTorch: where Triton
+cannot run, gnn_step and attn_pool run their packed ops instead, align_uniform_loss and
+linear_cross_entropy their own batched and chunked PyTorch paths) and ``compile``
+(``torch.compile`` of the ref). Modes: ``forward`` (the training forward: inputs
 require grad), ``backward`` (the gradients only; the forward runs untimed before each call) and
 ``full`` (both). Shapes: :data:`bench.harness.SHAPES`.
 """
