@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="training samples timed per log and thread count",
     )
     parser.add_argument(
+        "--scale-precisions",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        default=["fp32"],
+        help="precisions the scale suite trains in (bf16: autocast for the dense layers and the "
+        "scoring head; fast only on CPUs with AVX512-BF16 or AMX, and on GPUs)",
+    )
+    parser.add_argument(
         "--scale-other", help="another llm4sbr checkout to load and train on the same logs with (A/B)"
     )
     parser.add_argument(
@@ -134,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale_sizes=tuple(args.scale_sizes), scale_preset=args.scale_preset, scale_repeats=args.scale_repeats,
         scale_other=args.scale_other, scale_dir=args.scale_dir, plots=not args.no_plots,
         scale_train_threads=tuple(args.scale_train_threads), scale_train_samples=args.scale_train_samples,
+        scale_precisions=tuple(args.scale_precisions),
     )  # fmt: skip
     suites = SUITES if args.suite == "all" else (args.suite,)
     results = run_benchmarks(suites, args.out, options)

@@ -82,7 +82,8 @@ class BenchOptions:
     scale_other: another llm4sbr checkout to load and train on the same logs with (a before/after A/B);
     scale_dir: where the logs are written and reused (None: a temporary folder).
     scale_train_threads, scale_train_samples: the thread counts at which SRGNN trains one epoch on
-    that many of each log's training samples, ``scale_repeats`` times (none: no training). plots: write PNGs
+    that many of each log's training samples, ``scale_repeats`` times (none: no training), in each of
+    scale_precisions ("fp32", "bf16": autocast). plots: write PNGs
     (needs matplotlib).
     """
 
@@ -128,6 +129,7 @@ class BenchOptions:
     scale_dir: str | None = None
     scale_train_threads: tuple[int, ...] = (1, 2)
     scale_train_samples: int = 20_000
+    scale_precisions: tuple[str, ...] = ("fp32",)
     plots: bool = True
 
     @classmethod

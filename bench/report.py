@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ def evaluate_targets(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             None if not (llm and ours) else llm <= 1.3 * ours,
             "not run" if not (llm and ours) else f"{llm:.1f} s vs {ours:.1f} s: {llm / ours:.2f}x",
         )
+        _bf16_targets(add, train, epochs, floor)
     kernels = suites.get("kernels", {})
     if kernels.get("environment", {}).get("device") == "cuda":
         full = [r for r in kernels["records"] if r["mode"] == "full" and r["shape"] == TARGET_SHAPE]
@@ -132,6 +133,8 @@ def evaluate_targets(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             )
         trained = [r for r in suites["scale"]["records"] if r.get("op") == "train" and r.get("log") == "M"]
         trained = [r for r in trained if "epoch_estimate_s" in r and r.get("side", "this") == "this"]
+        in_bf16 = [r for r in trained if r.get("precision") == "bf16"]
+        trained = [r for r in trained if r.get("precision", "fp32") == "fp32"]
         on_gpu = [r for r in trained if r.get("device", "cpu") != "cpu"]
         at_two = [r for r in trained if r.get("device", "cpu") == "cpu" and r.get("threads") == 2]
         add(
@@ -142,6 +145,17 @@ def evaluate_targets(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             if at_two
             else "not run",
         )
+        bf16_at_two = [r for r in in_bf16 if r.get("device", "cpu") == "cpu" and r.get("threads") == 2]
+        if bf16_at_two and at_two:
+            fp32, bf16 = at_two[0], bf16_at_two[0]
+            add(
+                "scale M: SRGNN epoch faster in bf16 than in fp32 at 2 threads (CPU)",
+                bf16["epoch_estimate_s"] < fp32["epoch_estimate_s"],
+                f"{bf16['epoch_estimate_s']:.0f} s vs {fp32['epoch_estimate_s']:.0f} s "
+                f"({bf16['samples_per_s']:.0f} vs {fp32['samples_per_s']:.0f} samples/s; test hit@20 "
+                f"{_fmt(bf16.get('test_hit@20'))} vs {_fmt(fp32.get('test_hit@20'))} on "
+                f"{bf16.get('test_samples', '?')} samples); {_bf16_hardware(suites['scale'])}",
+            )
         if on_gpu:
             gpu = on_gpu[0]
             add(
@@ -151,6 +165,48 @@ def evaluate_targets(suites: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 f"samples/s over {gpu['measured_samples']} of {gpu['train_samples']} samples, batch 100)",
             )
     return targets
+
+
+def _bf16_hardware(suite: dict[str, Any]) -> str:
+    """What the suite's CPU offers bf16 GEMMs, from its environment record."""
+    has = suite.get("environment", {}).get("cpu_bf16")
+    if has is None:
+        return "bf16 instructions of the CPU not recorded"
+    return "the CPU has AVX512-BF16 or AMX" if has else "the CPU has neither AVX512-BF16 nor AMX"
+
+
+def _bf16_targets(
+    add: Callable[[str, bool | None, str], None], train: dict[str, Any], epochs: dict, floor: dict
+) -> None:
+    """bf16 autocast against fp32 on the same samples, seed and epochs: test hit@20 within two
+    standard errors of the difference of two hit rates over the test samples (sqrt(2 p (1 - p) /
+    n) each, p the fp32 rate), and, on CPU, the epoch time."""
+    fp32, bf16 = epochs.get("llm4sbr SRGNN", {}), epochs.get("llm4sbr SRGNN, bf16 autocast", {})
+    if not (fp32 and bf16):
+        add("bf16 autocast: test hit@20 within noise of fp32", None, "not run")
+        return
+    p, n = fp32.get("test_hit@20"), fp32.get("test_samples")
+    q = bf16.get("test_hit@20")
+    if p is None or q is None or not n:
+        add("bf16 autocast: test hit@20 within noise of fp32", None, "no test metrics recorded")
+    else:
+        noise = 2 * math.sqrt(2 * p * (1 - p) / n)
+        add(
+            "bf16 autocast: test hit@20 within noise of fp32",
+            abs(q - p) <= noise,
+            f"{q:.4f} vs {p:.4f} (|difference| {abs(q - p):.4f}, two standard errors {noise:.4f} over "
+            f"{n} test samples) after {bf16['epochs']} epoch(s), same samples and seed",
+        )
+    if train.get("environment", {}).get("device") == "cpu":
+        rates = ""
+        if "gemm_gflops" in floor and "bf16_gemm_gflops" in floor:
+            bf16_rate, fp32_rate = floor["bf16_gemm_gflops"], floor["gemm_gflops"]
+            rates = f"; GEMM {bf16_rate:.0f} GFLOP/s in bf16 vs {fp32_rate:.0f} in fp32"
+        add(
+            "bf16 autocast epoch faster than fp32 (CPU)",
+            bf16["epoch_s"] < fp32["epoch_s"],
+            f"{bf16['epoch_s']:.1f} s vs {fp32['epoch_s']:.1f} s{rates}; {_bf16_hardware(train)}",
+        )
 
 
 RECBOLE_DIGINETICA_EPOCH_S = 88.6
@@ -303,8 +359,11 @@ def render_tables(results: dict[str, Any]) -> str:
         if training:
             sides = ["side"] if any("side" in r for r in training) else []  # A/B runs have two
             devices = ["device"] if any("device" in r for r in training) else []
-            labels = ["log", *sides, *devices, "threads", "items", "train_samples", "measured_samples"]
+            precisions = ["precision"] if any("precision" in r for r in training) else []
+            labels = ["log", *sides, *devices, *precisions, "threads", "items", "train_samples"]
+            labels.append("measured_samples")
             values = ["samples_per_s", "epoch_estimate_s", "load_average"]
+            values += ["test_hit@20"] if any("test_hit@20" in r for r in training) else []
             parts.append("Our SRGNN training on those logs:\n\n" + _records_table(training, labels, values))
     if results.get("targets"):
         parts.append("### Targets\n\n" + _table(["target", "status", "numbers"], [

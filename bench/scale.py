@@ -157,7 +157,7 @@ from llm4sbr.config import TrainConfig
 from llm4sbr.data import load_dataset
 from llm4sbr.training import train
 
-path, preset, device = sys.argv[1], sys.argv[2], sys.argv[5]
+path, preset, device, precision = sys.argv[1], sys.argv[2], sys.argv[5], sys.argv[6]
 threads, n_samples = int(sys.argv[3]), int(sys.argv[4])
 dataset = load_dataset(path, preset)
 rng = np.random.default_rng(0)
@@ -166,18 +166,23 @@ picked = {"train": rng.permutation(len(train_set))[:n_samples]}
 for split in ("valid", "test"):
     picked[split] = np.arange(min(len(dataset.splits[split]), 500))
 part = dataclasses.replace(dataset, splits={k: dataset.splits[k].subset(v) for k, v in picked.items()})
-config = TrainConfig(data=path, preset=preset, model="srgnn", epochs=1, threads=threads, device=device)
+config = TrainConfig(
+    data=path, preset=preset, model="srgnn", epochs=1, threads=threads, device=device,
+    bf16=precision == "bf16",
+)
 with tempfile.TemporaryDirectory() as out:
     result = train(config, out, dataset=part, progress=False)
 print(json.dumps({
     "seconds": result.epoch_seconds[0], "measured_samples": len(picked["train"]),
     "train_samples": len(train_set), "items": dataset.n_items, "threads": torch.get_num_threads(),
-    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "precision": precision,
+    "test_hit@20": result.test["hit@20"], "test_samples": len(picked["test"]),
 }))
 """
 """The training child: one epoch of our SRGNN (defaults: d = 100, batch 100) on a random
-``n_samples`` of the log's training samples on ``device`` (cpu or cuda; evaluation on 500
-samples, not timed)."""
+``n_samples`` of the log's training samples on ``device`` (cpu or cuda), in ``precision`` (fp32,
+or bf16: the ``bf16`` config, autocast for the dense layers and the scoring head); evaluation on
+500 samples, not timed."""
 
 
 def _child_env(checkout: str | None) -> dict[str, str]:
@@ -194,10 +199,12 @@ def measure_training(
     n_samples: int,
     checkout: str | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> dict:
     """Training samples/s of our SRGNN on the log on ``device`` (cpu or cuda) at ``threads`` torch
-    threads, in a fresh interpreter that imports llm4sbr from ``checkout`` (default: this
-    repository), and the full epoch's seconds at that rate; or ``{"error": ...}``."""
+    threads in ``precision`` (fp32 or bf16), in a fresh interpreter that imports llm4sbr from
+    ``checkout`` (default: this repository), and the full epoch's seconds at that rate; or
+    ``{"error": ...}``."""
     env = _child_env(checkout)
     command = [
         sys.executable,
@@ -208,6 +215,7 @@ def measure_training(
         str(threads),
         str(n_samples),
         device,
+        precision,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd="/")
     lines = done.stdout.strip().splitlines()
@@ -253,7 +261,8 @@ def run_scale(options: BenchOptions, device: torch.device) -> list[dict[str, Any
     """For each size in ``options.scale_sizes``: write (or reuse) its log, then time
     ``load_dataset(log, options.scale_preset)`` ``options.scale_repeats`` times per side (this
     checkout, and ``options.scale_other`` first when given), then train one epoch on a sample
-    of it ``options.scale_repeats`` times at each of ``options.scale_train_threads``, the sides
+    of it ``options.scale_repeats`` times at each of ``options.scale_train_threads`` in each of
+    ``options.scale_precisions``, the sides
     alternating in the same order; each in a fresh process. Loading runs on the CPU, training on
     ``device``."""
     sides = [("other", options.scale_other)] if options.scale_other else []
@@ -275,8 +284,10 @@ def run_scale(options: BenchOptions, device: torch.device) -> list[dict[str, Any
                     record.update(measure_load(path, options.scale_preset, checkout))
                     records.append(record)
                     progress(f"scale {size} {side}", record)
-            runs = itertools.product(options.scale_train_threads, range(options.scale_repeats))
-            for threads, repeat in runs:
+            runs = itertools.product(
+                options.scale_precisions, options.scale_train_threads, range(options.scale_repeats)
+            )
+            for precision, threads, repeat in runs:
                 for side, checkout in sides:
                     record = {
                         "op": "train", "log": size, "sessions": n_sessions, "catalog": n_items,
@@ -291,8 +302,9 @@ def run_scale(options: BenchOptions, device: torch.device) -> list[dict[str, Any
                             options.scale_train_samples,
                             checkout,
                             device.type,
+                            precision,
                         )
                     )
                     records.append(record)
-                    progress(f"scale {size} {side} training at {threads} threads", record)
+                    progress(f"scale {size} {side} training at {threads} threads, {precision}", record)
     return records

@@ -1,8 +1,10 @@
 """The ``train`` suite: one training step per model and encoder path, then whole epochs on
 MovieLens-100k leave-one-out (RecBole's split: 97,171 training samples, batch 100, d = 100): our
 SRGNN and LLM4SBR through :func:`llm4sbr.training.train`, our SRGNN on the padded reference path
-(and with the Triton kernels on CUDA), and RecBole's own SRGNN as shipped and with its global
-anomaly detection off (``bench/recbole_peer.py`` in RecBole's virtual environment). Epoch seconds,
+(and with the Triton kernels on CUDA) and under bf16 autocast (its test metrics against fp32's
+on the same samples and seed, and the machine's bf16 GEMM rate beside the fp32 one), and
+RecBole's own SRGNN as shipped and with its global anomaly detection off
+(``bench/recbole_peer.py`` in RecBole's virtual environment). Epoch seconds,
 peak memory, test hit@20 / mrr@20, and our time as a multiple of the floors at the GEMM rate
 measured on the machine (the packed algorithm's FLOPs, and the padded one's for reference).
 
@@ -76,6 +78,7 @@ def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "test": result.test,
         "peak_mib": peak,
         "train_samples": len(dataset.splits["train"]),
+        "test_samples": len(dataset.splits["test"]),
         "samples_fingerprint": split_fingerprint(dataset),
         "threads": torch.get_num_threads(),
     }
@@ -102,13 +105,16 @@ def _recbole_run(options: BenchOptions, device: torch.device, anomaly: bool, epo
 
 
 def gemm_gflops(
-    device: torch.device, size: tuple[int, int, int] = (4096, 256, 1024), rounds: int = 10
+    device: torch.device,
+    size: tuple[int, int, int] = (4096, 256, 1024),
+    rounds: int = 10,
+    dtype: torch.dtype = torch.float32,
 ) -> float:
-    """Best fp32 GEMM rate of this device, GFLOP/s, on an M x K x N product shaped like the
-    model's (many rows, a few hundred columns)."""
+    """Best GEMM rate of this device in ``dtype``, GFLOP/s, on an M x K x N product shaped like
+    the model's (many rows, a few hundred columns)."""
     m, k, n = size
-    a = torch.randn(m, k, device=device)
-    b = torch.randn(k, n, device=device)
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
 
     def run() -> None:
         a @ b
@@ -164,6 +170,7 @@ def run_train(options: BenchOptions, device: torch.device) -> list[dict[str, Any
         ("llm4sbr SRGNN, 1 loader worker", "srgnn", "auto", options.epochs, {"num_workers": 1}),
         ("llm4sbr SRGNN, padded reference path", "srgnn", "torch", options.reference_epochs, {}),
         ("llm4sbr LLM4SBR", "llm4sbr", "auto", options.epochs, {}),
+        ("llm4sbr SRGNN, bf16 autocast", "srgnn", "auto", options.epochs, {"bf16": True}),
     ]
     if device.type == "cuda":
         runs.insert(1, ("llm4sbr SRGNN, Triton kernels", "srgnn", "triton", options.epochs, {}))
@@ -206,7 +213,8 @@ def _floor_record(
     dataset: Any, options: BenchOptions, device: torch.device, records: list[dict[str, Any]]
 ) -> dict:
     """The GEMM-rate floors of one SRGNN epoch on this device (the padded algorithm's dense
-    FLOPs, folded or not, and the packed algorithm's) and the ratios the targets use."""
+    FLOPs, folded or not, and the packed algorithm's), the ratios the targets use, and the bf16
+    GEMM rate beside the fp32 one."""
     gflops = gemm_gflops(device)
     dim = options.dim
     floor = srgnn_epoch_flops(dataset, dim, folded=False) / (gflops * 1e9)
@@ -219,6 +227,7 @@ def _floor_record(
         "op": "floor",
         "setup": "dense fp32 GEMM floor",
         "gemm_gflops": gflops,
+        "bf16_gemm_gflops": gemm_gflops(device, dtype=torch.bfloat16),
         "floor_epoch_s": floor,
         "folded_floor_epoch_s": folded,
         "packed_tflop": packed_flops / 1e12,

@@ -26,7 +26,11 @@ graph rather than 4; it computes them in tiles of about one L2 cache (1 MiB), st
 ([n, B], so each tile's GEMM writes contiguous rows), each exponentiated and summed while in
 cache with its own row max, the tiles' (max, sum) merged into lse; backward scales each tile
 by exp(max - lse) * s into one reused buffer and runs the dW and dx GEMMs tile by tile, and
-subtracts the one-hot part as B rows (dx -= s * weight[target], dW[target] -= s * x).
+subtracts the one-hot part as B rows (dx -= s * weight[target], dW[target] -= s * x). The
+GEMMs run in the inputs' dtype: float16/bfloat16 inputs (the scoring head under autocast) give
+logits rounded to it, as the unfused matmul under autocast gives them, which are then
+exponentiated and summed in float32, and G is rounded to it for the gradient GEMMs. On a CPU
+without AVX512-BF16 or AMX a bfloat16 GEMM runs several times slower than a float32 one.
 
 Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
 
@@ -526,13 +530,13 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
             # One chunk: its logits fit the memory bound anyway, so keep them (exponentiated)
             # for backward instead of recomputing them there: 3 GEMMs in all, as unfused.
             tile = max(1, TILE_BYTES // (B * xa.element_size()))  # items per tile
-            exps, factors, lse = _tiled_softmax(xa, classes.to(acc_dtype), tile)
+            exps, factors, lse = _tiled_softmax(x, classes, tile, acc_dtype)
             if any(ctx.needs_input_grad[:2]):
                 ctx.tiles = (exps, factors, tile)
         else:
             lse = torch.full((B,), float("-inf"), dtype=acc_dtype, device=x.device)
             for start in range(0, N, chunk):
-                logits = xa @ classes[start : start + chunk].to(acc_dtype).T
+                logits = (x @ classes[start : start + chunk].T).to(acc_dtype)
                 lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
         loss_rows = _nan_out_of_range(lse - target_logit, target, N)
         ctx.save_for_backward(x, weight, target, lse)
@@ -555,7 +559,7 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
             grad_w[: ctx.first_class].zero_()
         grad_classes = grad_w[ctx.first_class :] if need_w else None
         if ctx.tiles is not None:
-            _tiled_backward(*ctx.tiles, xa, classes.to(acc_dtype), scale, grad_x, grad_classes)
+            _tiled_backward(*ctx.tiles, x, classes, scale, grad_x, grad_classes)
             # The one-hot part of softmax - onehot, without touching the saved tiles.
             clamped = target.clamp(0, N - 1)
             if need_x:
@@ -564,32 +568,37 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
                 grad_classes.index_add_(0, clamped, (-scale[:, None] * xa).to(weight.dtype))
             return (grad_x.to(x.dtype) if need_x else None), grad_w, None, None, None, None
         for start in range(0, N, ctx.chunk):
-            w = classes[start : start + ctx.chunk].to(acc_dtype)
-            grad = torch.exp(xa @ w.T - lse[:, None])
+            w = classes[start : start + ctx.chunk]
+            grad = torch.exp((x @ w.T).to(acc_dtype) - lse[:, None])
             _subtract_onehot(grad, target, start)
             grad *= scale[:, None]
+            grad = grad.to(x.dtype)  # the gradient GEMMs run in the inputs' dtype too
             if need_x:
                 grad_x += grad @ w
             if need_w:
-                grad_classes[start : start + w.shape[0]] = (grad.T @ xa).to(weight.dtype)
+                grad_classes[start : start + w.shape[0]] = grad.T @ x
         return (grad_x.to(x.dtype) if need_x else None), grad_w, None, None, None, None
 
 
 def _tiled_softmax(
-    x: torch.Tensor, weight: torch.Tensor, tile: int
+    x: torch.Tensor, weight: torch.Tensor, tile: int, acc_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The softmax of x @ weight^T, ``tile`` items at a time.
 
-    x [B, d], weight [N, d] (one dtype) -> (exps [N, B], factors [tiles, B], lse [B]), where
-    exps holds exp(logits - the tile's row max), transposed, so that the softmax of tile t is
-    ``exps[tile t] * factors[t]``. Each tile's logits are exponentiated and summed while they
-    are in cache, and the GEMMs write [tile, B] blocks with contiguous rows."""
+    x [B, d], weight [N, d] (one dtype; the GEMMs run in it) -> (exps [N, B], factors [tiles,
+    B], lse [B], in ``acc_dtype``), where exps holds exp(logits - the tile's row max),
+    transposed, so that the softmax of tile t is ``exps[tile t] * factors[t]``. Each tile's
+    logits are exponentiated and summed while they are in cache, and the GEMMs write [tile, B]
+    blocks with contiguous rows."""
     B, N = x.shape[0], weight.shape[0]
-    exps = torch.empty(N, B, dtype=x.dtype, device=x.device)
+    exps = torch.empty(N, B, dtype=acc_dtype, device=x.device)
     maxes, sums = [], []
     for start in range(0, N, tile):
         block = exps[start : start + tile]
-        torch.mm(weight[start : start + tile], x.T, out=block)
+        if x.dtype == acc_dtype:
+            torch.mm(weight[start : start + tile], x.T, out=block)
+        else:  # logits rounded to the inputs' dtype, as the unfused matmul rounds them
+            block.copy_(weight[start : start + tile] @ x.T)
         peak = block.amax(dim=0)
         block.sub_(peak).exp_()
         maxes.append(peak)
@@ -611,21 +620,23 @@ def _tiled_backward(
     grad_w: torch.Tensor | None,
 ) -> None:
     """The softmax part of the gradients from :func:`_tiled_softmax`'s tiles. With P the softmax
-    [B, N] and G = P * scale[:, None]: grad_x [B, d] += G @ weight; grad_w [N, d] = G^T @ x
-    (overwritten). The tiles are left as they are: a second backward (retain_graph) reuses them."""
+    [B, N] and G = P * scale[:, None]: grad_x [B, d] (the tiles' dtype) += G @ weight; grad_w
+    [N, d] (weight's dtype) = G^T @ x (overwritten). The GEMMs run in x's and weight's dtype, G
+    rounded to it. The tiles are left as they are: a second backward (retain_graph) reuses them."""
     B, N = x.shape[0], weight.shape[0]
-    buffer = torch.empty(min(tile, N), B, dtype=x.dtype, device=x.device)
+    buffer = torch.empty(min(tile, N), B, dtype=exps.dtype, device=x.device)
     factors = factors * scale
     for index, start in enumerate(range(0, N, tile)):
         rows = min(tile, N - start)
         grad = torch.mul(exps[start : start + rows], factors[index], out=buffer[:rows])  # [rows, B]
+        grad = grad.to(x.dtype)
         if grad_w is not None:
-            if grad_w.dtype == grad.dtype:
-                torch.mm(grad, x, out=grad_w[start : start + rows])
-            else:
-                grad_w[start : start + rows] = grad @ x
+            torch.mm(grad, x, out=grad_w[start : start + rows])
         if grad_x is not None:
-            grad_x.addmm_(grad.T, weight[start : start + rows])
+            if grad_x.dtype == grad.dtype:
+                grad_x.addmm_(grad.T, weight[start : start + rows])
+            else:
+                grad_x += grad.T @ weight[start : start + rows]
 
 
 def _subtract_onehot(grad: torch.Tensor, target: torch.Tensor, start: int) -> None:

@@ -34,7 +34,7 @@ from llm4sbr.data.graph import (
 )
 from llm4sbr.kernels import attn_pool_packed, current_backend, gnn_step_packed
 from llm4sbr.kernels._launch import triton_can_run
-from llm4sbr.models.layers import AttentionReadout, GNNCell, reset_uniform
+from llm4sbr.models.layers import AttentionReadout, GNNCell, outside_autocast, reset_uniform
 
 
 class SessionGraphEncoder(nn.Module):
@@ -105,33 +105,37 @@ class SessionGraphEncoder(nn.Module):
             if step == 1:  # later steps: one GEMM row per node, the same matrix each step
                 nodes = torch.arange(h.shape[0], device=h.device)
                 step_matrix = packed_step_matrices(graph, nodes, h.shape[0], dtype)
-            h = gnn_step_packed(
-                rows,
-                h,
-                step_matrix,
-                cell.linear_edge_in.weight,
-                cell.linear_edge_in.bias,
-                cell.linear_edge_out.weight,
-                cell.linear_edge_out.bias,
-                cell.b_iah,
-                cell.b_oah,
-                cell.w_ih,
-                cell.b_ih,
-                cell.w_hh,
-                cell.b_hh,
-            )
+            # As on the padded path, the fused ops run in their inputs' dtype under autocast.
+            with outside_autocast(h.device):
+                h = gnn_step_packed(
+                    rows,
+                    h,
+                    step_matrix,
+                    cell.linear_edge_in.weight,
+                    cell.linear_edge_in.bias,
+                    cell.linear_edge_out.weight,
+                    cell.linear_edge_out.bias,
+                    cell.b_iah,
+                    cell.b_oah,
+                    cell.w_ih,
+                    cell.b_ih,
+                    cell.w_hh,
+                    cell.b_hh,
+                )
             rows = h
         local = h.index_select(0, graph.last)
-        global_ = attn_pool_packed(
-            h,
-            graph.session,
-            graph.clicks,
-            readout.linear_one(local),
-            readout.linear_two.weight,
-            readout.linear_two.bias,
-            readout.linear_three.weight[0],
-            readout.normalize,
-        )
+        q_last = readout.linear_one(local)
+        with outside_autocast(h.device):
+            global_ = attn_pool_packed(
+                h,
+                graph.session,
+                graph.clicks,
+                q_last.to(dtype),
+                readout.linear_two.weight,
+                readout.linear_two.bias,
+                readout.linear_three.weight[0],
+                readout.normalize,
+            )
         return local, global_
 
     def item_scores(self, session: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from fakes import tiny_dataset
 from bench.harness import BenchOptions, Shape, peak_memory_mib, run_benchmarks, summarize
 from bench.kernels import kernel_case
 from bench.llm import real_prompts
-from bench.report import render_tables
+from bench.report import evaluate_targets, render_tables
 from bench.serve import recommend_records
 from bench.train import packed_epoch_flops, samples_fingerprint, write_random_intents
 from llm4sbr.config import TrainConfig
@@ -48,12 +48,35 @@ def test_smoke_run_writes_every_output(tmp_path) -> None:
     statuses = {t["target"]: t["status"] for t in saved["targets"]}
     assert statuses["LLM4SBR epoch <= 1.3x our SRGNN epoch"] in ("met", "missed")
     assert statuses["kernel targets (GPU)"] == "not measured"
+    assert statuses["bf16 autocast: test hit@20 within noise of fp32"] in ("met", "missed")
+    assert statuses["bf16 autocast epoch faster than fp32 (CPU)"] in ("met", "missed")
+    floor = next(r for r in saved["suites"]["train"]["records"] if r["op"] == "floor")
+    assert floor["bf16_gemm_gflops"] > 0 and epochs["llm4sbr SRGNN, bf16 autocast"]["test_samples"] > 0
     assert render_tables(saved) == (tmp_path / "tables.md").read_text()
 
     # A second suite run keeps the first's records and replaces only its own.
     run_benchmarks(["serve"], tmp_path, BenchOptions.tiny(plots=False))
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["suites"]["kernels"] == saved["suites"]["kernels"]
+
+
+def test_bf16_quality_target_uses_two_standard_errors_of_a_difference() -> None:
+    def judged(bf16_hit: float) -> dict:
+        epoch = {"op": "epoch", "epochs": 1, "test_samples": 1000}
+        records = [
+            {**epoch, "setup": "llm4sbr SRGNN", "epoch_s": 10.0, "test_hit@20": 0.5},
+            {**epoch, "setup": "llm4sbr SRGNN, bf16 autocast", "epoch_s": 50.0, "test_hit@20": bf16_hit},
+            {"op": "floor", "gemm_gflops": 100.0, "bf16_gemm_gflops": 12.0},
+        ]
+        train = {"records": records, "environment": {"device": "cpu", "cpu_bf16": False}}
+        return {t["target"]: t for t in evaluate_targets({"train": train})}
+
+    quality = "bf16 autocast: test hit@20 within noise of fp32"
+    # Two standard errors: 2 sqrt(2 * 0.25 / 1000) = 0.0447.
+    assert judged(0.46)[quality]["status"] == "met"
+    assert judged(0.45)[quality]["status"] == "missed"
+    speed = judged(0.5)["bf16 autocast epoch faster than fp32 (CPU)"]
+    assert speed["status"] == "missed" and "GEMM 12 GFLOP/s in bf16 vs 100 in fp32" in speed["detail"]
 
 
 def test_summarize_percentiles() -> None:

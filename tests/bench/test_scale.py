@@ -55,12 +55,16 @@ def test_measure_load_runs_in_a_fresh_process(tmp_path) -> None:
 
 
 def test_scale_suite_writes_records_tables_and_targets(tmp_path) -> None:
-    options = BenchOptions.tiny(scale_dir=str(tmp_path / "logs"), plots=False)
+    logs = str(tmp_path / "logs")
+    options = BenchOptions.tiny(scale_dir=logs, plots=False, scale_precisions=("fp32", "bf16"))
     results = run_benchmarks(["scale"], tmp_path / "out", options)
     records = results["suites"]["scale"]["records"]
-    assert [r["log"] for r in records] == ["tiny", "tiny"] and records[0]["side"] == "this"
-    trained = records[1]
+    assert [r["log"] for r in records] == ["tiny"] * 3 and records[0]["side"] == "this"
+    trained, in_bf16 = records[1], records[2]
     assert trained["op"] == "train" and trained["threads"] == 1 and trained["measured_samples"] == 64
+    assert (trained["precision"], in_bf16["precision"]) == ("fp32", "bf16")
+    for record in (trained, in_bf16):
+        assert 0 <= record["test_hit@20"] <= 1 and record["test_samples"] > 0
     assert trained["side"] == "this" and trained["checkout"] == "this"
     assert trained["epoch_estimate_s"] == pytest.approx(trained["train_samples"] / trained["samples_per_s"])
     assert records[0]["load_s"] > 0 and len(records[0]["load_average"]) == 3
@@ -70,7 +74,8 @@ def test_scale_suite_writes_records_tables_and_targets(tmp_path) -> None:
     statuses = {t["target"]: t["status"] for t in saved["targets"]}
     assert statuses["scale M: load + srgnn preset targets"] == "not measured"
     assert statuses["scale M: SRGNN training epoch <= 10 min at 2 threads (fp32)"] == "not measured"
-    assert "### Loading at scale" in render_tables(saved)
+    tables = render_tables(saved)
+    assert "### Loading at scale" in tables and "| bf16 |" in tables
     assert (tmp_path / "out" / "scale.csv").is_file()
 
 
@@ -94,6 +99,28 @@ def test_scale_targets_judge_cpu_and_gpu_epochs_apart() -> None:
     both = statuses([trained("cpu", 2, 500.0), trained("NVIDIA H200", 4, 393.0)])
     assert both[cpu_target] == "met" and both[gpu_target] == "missed"
     assert gpu_target not in statuses([trained("cpu", 2, 700.0)])
+
+
+def test_scale_bf16_target_compares_the_two_precisions_at_two_threads() -> None:
+    def trained(precision: str, epoch_s: float, threads: int = 2) -> dict:
+        return {
+            "op": "train", "log": "M", "side": "this", "device": "cpu", "threads": threads,
+            "precision": precision, "epoch_estimate_s": epoch_s, "samples_per_s": 2e6 / epoch_s,
+            "measured_samples": 1000, "train_samples": 2_000_000, "test_hit@20": 0.1, "test_samples": 500,
+        }  # fmt: skip
+
+    def judged(records: list[dict], cpu_bf16: bool) -> dict[str, dict]:
+        suite = {"records": records, "environment": {"cpu_bf16": cpu_bf16}}
+        return {t["target"]: t for t in evaluate_targets({"scale": suite})}
+
+    target = "scale M: SRGNN epoch faster in bf16 than in fp32 at 2 threads (CPU)"
+    fp32_target = "scale M: SRGNN training epoch <= 10 min at 2 threads (fp32)"
+    slower = judged([trained("fp32", 900.0), trained("bf16", 5000.0)], cpu_bf16=False)
+    assert slower[target]["status"] == "missed" and "neither AVX512-BF16 nor AMX" in slower[target]["detail"]
+    # The fp32 target is judged on the fp32 record only, whichever comes first.
+    faster = judged([trained("bf16", 500.0), trained("fp32", 900.0)], cpu_bf16=True)
+    assert faster[target]["status"] == "met" and faster[fp32_target]["status"] == "missed"
+    assert target not in judged([trained("fp32", 900.0), trained("bf16", 500.0, threads=1)], cpu_bf16=True)
 
 
 def test_another_checkout_imports_its_own_kernels(tmp_path) -> None:

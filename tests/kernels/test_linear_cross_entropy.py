@@ -145,6 +145,38 @@ def test_half_precision_inputs(path, dtype):
         torch.testing.assert_close(k.double(), r, rtol=tol, atol=tol, msg=name)
 
 
+class _MatmulDtypes(TorchDispatchMode):
+    """Records the operand dtypes of every matrix product run while active."""
+
+    PRODUCTS = {torch.ops.aten.mm: (0, 1), torch.ops.aten.addmm: (1, 2), torch.ops.aten.addmm_: (1, 2)}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        operands = self.PRODUCTS.get(func.overloadpacket, ())
+        self.dtypes.update(args[i].dtype for i in operands)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("chunk_size", [40, None])  # several chunks; one, in tiles
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_torch_path_runs_its_gemms_in_the_inputs_dtype(dtype, chunk_size, monkeypatch):
+    """Under autocast the scoring head gets bfloat16 inputs: its GEMMs must run in bfloat16 (the
+    point of autocast on CPUs with bf16 instructions), not be upcast to float32."""
+    monkeypatch.setattr(lce, "TILE_BYTES", 7 * 4 * 30)  # a single chunk in four tiles
+    x, weight, target = (t.cpu() for t in _inputs(7, 97, 13, seed=3))
+    x = x.to(dtype).requires_grad_()
+    weight = weight.to(dtype).requires_grad_()
+    spy = _MatmulDtypes()
+    with use_backend("torch"), spy:
+        loss = linear_cross_entropy(x, weight, target, chunk_size=chunk_size)
+        loss.backward()
+    assert spy.dtypes == {dtype}
+    assert x.grad.dtype == weight.grad.dtype == dtype
+
+
 @pytest.mark.parametrize("chunk_size", [3, None])  # several chunks; one (softmax kept for backward)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_gradcheck_chunked_float64(reduction, chunk_size):

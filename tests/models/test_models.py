@@ -211,6 +211,30 @@ def test_packed_path_equals_the_padded_reference_to_float64_rounding(
     assert reference[2].abs().sum() > 0
 
 
+@pytest.mark.parametrize("model_class", [SRGNN, LLM4SBR])
+def test_packed_path_under_bf16_autocast_runs_its_ops_in_float32_as_the_padded_path(model_class) -> None:
+    """Under CPU bf16 autocast both paths run the graph ops in the parameters' float32 and the
+    dense layers and the scoring head in bf16, so they agree to bf16 rounding."""
+    torch.manual_seed(0)
+    args = (N_ITEMS, D_TEXT) if model_class is LLM4SBR else (N_ITEMS,)
+    model = model_class(*args, dim=8)
+    batch = sessions_batch(SESSIONS, extra=2)
+    batch["intent"] = batch["intent"].float()
+    results = []
+    for packed in (False, True):
+        model.encoder.packed = packed
+        model.zero_grad()
+        with use_backend("torch"), torch.autocast("cpu", dtype=torch.bfloat16):
+            local, global_ = model.encode(batch)
+            loss = model.calculate_loss(batch)
+        loss.backward()
+        assert local.dtype == global_.dtype == torch.float32
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (ref_loss, ref_grad), (loss, grad) = results
+    assert torch.allclose(loss, ref_loss, rtol=2e-2)
+    assert (grad - ref_grad).norm() <= 5e-2 * ref_grad.norm()
+
+
 def test_default_path_is_packed_only_where_triton_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = SRGNN(N_ITEMS, dim=4).encoder
     cpu = torch.device("cpu")
