@@ -12,8 +12,8 @@
 #                      (not interpreted); a failure is recorded and the benchmarks still run
 #                      (their rows then describe kernels that failed a check)
 #   results.json ...   python -m bench: kernels (small, train, large; Triton against PyTorch),
-#                      scale (the M-sized log's SRGNN training on this GPU), train (ml-100k
-#                      epochs), serve
+#                      scale (the M-sized log's SRGNN training on this GPU, fp32 and bf16),
+#                      train (ml-100k epochs), serve
 #   profile-train-M.txt  python -m bench.profile_train: torch.profiler's top ops of 200 batches
 #                      of that M training on this GPU (where a batch's time goes)
 #   pytest-bench.json  pytest bench --benchmark-only at the large shape
@@ -87,7 +87,7 @@ stage "kernel tests" 240 env LLM4SBR_TEST_DEVICE=cuda TRITON_INTERPRET=0 bash -o
 stage "kernels" 100 python -m bench --suite kernels --shapes small train large --providers triton torch --rounds 20 --out "$RESULTS"
 LOGS=$(mktemp -d)  # the M log, written by the scale stage and reused by the profile
 stage "scale M on the GPU" 150 python -m bench --suite scale --scale-sizes M --scale-train-threads 4 \
-    --scale-train-samples 300000 --scale-dir "$LOGS" --out "$RESULTS"
+    --scale-train-samples 150000 --scale-precisions fp32 bf16 --scale-dir "$LOGS" --out "$RESULTS"
 stage "profile M training" 90 python -m bench.profile_train --size M --samples 20000 --device cuda \
     --threads 4 --log-dir "$LOGS" --out "$RESULTS/profile-train-M.txt"
 stage "train" 180 python -m bench --suite train --epochs 1 --out "$RESULTS"

@@ -201,7 +201,7 @@ def _bf16_targets(
         rates = ""
         if "gemm_gflops" in floor and "bf16_gemm_gflops" in floor:
             bf16_rate, fp32_rate = floor["bf16_gemm_gflops"], floor["gemm_gflops"]
-            rates = f"; GEMM {bf16_rate:.0f} GFLOP/s in bf16 vs {fp32_rate:.0f} in fp32"
+            rates = f"; GEMM {bf16_rate:.3g} GFLOP/s in bf16 vs {fp32_rate:.3g} in fp32"
         add(
             "bf16 autocast epoch faster than fp32 (CPU)",
             bf16["epoch_s"] < fp32["epoch_s"],

@@ -66,7 +66,11 @@ class TrainConfig:
     seed: int = option(0, "seed of initialisation, shuffling and the validation carve")
     # runtime
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
-    bf16: bool = option(False, "bf16 autocast for the dense layers")
+    bf16: bool = option(
+        False,
+        "bf16 autocast for the dense layers and the scoring head (the graph ops stay fp32); "
+        "faster on GPUs and on CPUs with AVX512-BF16 or AMX, many times slower on other CPUs",
+    )
     num_workers: int = option(
         0, "data-loader worker processes; on the CPU packed path they also build the session graphs"
     )
