@@ -30,7 +30,7 @@ subtracts the one-hot part as B rows (dx -= s * weight[target], dW[target] -= s 
 GEMMs run in the inputs' dtype: float16/bfloat16 inputs (the scoring head under autocast) give
 logits rounded to it, as the unfused matmul under autocast gives them, which are then
 exponentiated and summed in float32, and G is rounded to it for the gradient GEMMs. On a CPU
-without AVX512-BF16 or AMX a bfloat16 GEMM runs several times slower than a float32 one.
+without AVX512-BF16 or AMX a bfloat16 GEMM runs many times slower than a float32 one.
 
 Triton path (CUDA, or CPU under TRITON_INTERPRET=1):
 

@@ -5,12 +5,12 @@ order), remaps items to 1..n_items in order of first appearance over the ordered
 sessions first), and numbers samples uniquely over all splits. Session and user keys compare
 numerically when they are integers or all-digit strings, as strings otherwise.
 
-``movielens`` (paper-spec 4.2, ML-1M)
+``movielens`` (docs/method.md §4.2, ML-1M)
     session = (user, floor(timestamp / bucket_seconds)); sessions holding any item seen fewer than
     ``min_item_count`` times (counted once, over all clicks) or shorter than 2 are dropped whole;
     sessions in (user, bucket) order, the first ``train_fraction`` are train, the rest test; one
     sample per session (s[:-1] -> s[-1]).
-``amazon`` (paper-spec 4.2, Beauty)
+``amazon`` (docs/method.md §4.2, Beauty)
     session = user; optional iterative ``k_core`` on users and items (None or 0 turns it off);
     sessions shorter than 2 dropped; sessions in user order, the first ``train_fraction`` are
     train; prefix augmentation on train and test.

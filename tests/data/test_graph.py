@@ -24,7 +24,7 @@ from llm4sbr.data.graph import (
 
 
 def reference_graph(session: list[int]) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
-    """One session's graph straight from the definition (paper-spec 3.1)."""
+    """One session's graph straight from the definition (docs/method.md §3.1)."""
     nodes = sorted(set(session))
     index = {item: i for i, item in enumerate(nodes)}
     alias = [index[item] for item in session]
