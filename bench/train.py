@@ -109,9 +109,12 @@ def gemm_gflops(
     size: tuple[int, int, int] = (4096, 256, 1024),
     rounds: int = 10,
     dtype: torch.dtype = torch.float32,
+    budget_s: float = 2.0,
 ) -> float:
     """Best GEMM rate of this device in ``dtype``, GFLOP/s, on an M x K x N product shaped like
-    the model's (many rows, a few hundred columns)."""
+    the model's (many rows, a few hundred columns): the fastest of up to ``rounds`` calls, fewer
+    where they would take over ``budget_s`` (an emulated dtype, such as bf16 on a CPU without
+    bf16 instructions, runs a call for seconds)."""
     m, k, n = size
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
@@ -120,7 +123,9 @@ def gemm_gflops(
         a @ b
         synchronize(device)
 
-    return 2 * m * k * n / (min(time_ms(run, rounds, 2)) * 1e-3) / 1e9
+    first = time_ms(run, 1, 1)[0]
+    more = max(1, min(rounds, int(budget_s * 1e3 / first)) - 1)
+    return 2 * m * k * n / (min(first, *time_ms(run, more, 0)) * 1e-3) / 1e9
 
 
 def srgnn_epoch_flops(dataset: Any, dim: int, folded: bool) -> float:
